@@ -1,0 +1,89 @@
+"""The small interfaces core talks through. Adapters, backends and tests implement them.
+
+- ``Backend``: an assistant service (Assistants API v2, Responses API).
+- ``ToolRunner``: resolves function calls (the HTTP tool client, or a fake in tests).
+- ``ReplySink`` / ``ReplySinkFactory``: where an answer is written (a Slack thread, a Discord
+  channel, the terminal). Core decides *what* to write and *when*; the sink only *how*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from core.config import ProfileConfig
+from core.models import InboundMessage, RunEvent, RunRef, ToolCall, ToolOutput
+
+
+class ToolContext(BaseModel):
+    """Who and where a tool call comes from; sent to tool endpoints as ``context`` (SPEC §7)."""
+
+    platform: str
+    workspace: str
+    channel: str
+    user: str
+    conversation: str
+    run_id: str
+    thread_id: str
+    assistant_id: str | None = None
+    traceparent: str | None = None
+
+
+class Turn(BaseModel):
+    """One user message to answer on one conversation, as a backend needs it."""
+
+    profile_name: str
+    profile: ProfileConfig
+    thread_id: str | None
+    text: str
+    message_id: str
+
+
+class Backend(Protocol):
+    """An assistant service. Methods raise ``core.errors.BackendError`` subclasses or ``RunEnded``.
+
+    ``run`` yields ``RunStarted`` first (with the thread ID, new or given), then ``TextDelta``s,
+    and ends with either ``ToolCallsRequired`` (answer with ``submit_tool_outputs``, which
+    streams the continuation the same way) or ``RunCompleted``.
+    """
+
+    name: str
+
+    def run(self, *, turn: Turn) -> AsyncIterator[RunEvent]: ...
+
+    def submit_tool_outputs(self, *, run: RunRef, outputs: list[ToolOutput]) -> AsyncIterator[RunEvent]: ...
+
+    async def cancel(self, *, run: RunRef) -> None: ...
+
+
+class ToolRunner(Protocol):
+    async def run_calls(
+        self, *, profile_tools: list[str], calls: list[ToolCall], context: ToolContext
+    ) -> list[ToolOutput]:
+        """Answer every call (in parallel); never raises for a failing tool: errors become outputs."""
+        ...
+
+
+class ReplySink(Protocol):
+    """One answer being written on a platform. ``post`` returns the platform's message ref."""
+
+    limit_chars: int
+    min_edit_interval_s: float
+
+    async def working(self) -> None:
+        """Show that the assistant is working (status, reaction, typing)."""
+
+    async def post(self, text: str) -> str: ...
+
+    async def edit(self, ref: str, text: str, *, final: bool) -> None: ...
+
+    async def done(self) -> None:
+        """Clear the working indicator; called once, whatever the outcome."""
+
+
+class ReplySinkFactory(Protocol):
+    async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> ReplySink:
+        """A sink for answering ``message``; ``existing_refs`` are parts already posted (recovery)."""
+        ...
