@@ -88,19 +88,20 @@ class BackendTimeout(BackendError):
     user_message = "The assistant service took too long to answer."
 
 
+_RUN_END_MESSAGES = {
+    "failed": "The assistant failed while answering.",
+    "cancelled": "The answer was cancelled.",
+    "expired": "The answer expired before it was finished.",
+    "incomplete": "The answer was cut short (a token limit was reached).",
+}
+
+
 class RunEnded(SwitchboardError):
     """A run ended ``failed``, ``cancelled``, ``expired`` or ``incomplete``."""
-
-    _messages = {
-        "failed": "The assistant failed while answering.",
-        "cancelled": "The answer was cancelled.",
-        "expired": "The answer expired before it was finished.",
-        "incomplete": "The answer was cut short (a token limit was reached).",
-    }
 
     def __init__(self, status: str, *, code: str | None = None, detail: str | None = None) -> None:
         self.status = status
         self.code = code
         self.detail = detail
-        self.user_message = self._messages.get(status, f"The run ended with status {status}.")
+        self.user_message = _RUN_END_MESSAGES.get(status, f"The run ended with status {status}.")
         super().__init__(f"run ended {status}" + (f" ({code}: {detail})" if code or detail else ""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
+from aiohttp import web
 from pydantic import BaseModel
 
 from core.config import ProfileConfig
@@ -86,4 +87,23 @@ class ReplySink(Protocol):
 class ReplySinkFactory(Protocol):
     async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> ReplySink:
         """A sink for answering ``message``; ``existing_refs`` are parts already posted (recovery)."""
+        ...
+
+
+class PlatformAdapter(Protocol):
+    """A chat platform started by ``switchboard run`` (Slack, Discord)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect (Socket Mode, gateway login) and register the reply sink factory with core."""
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool:
+        """Connected and able to deliver answers (``/readyz``)."""
+        ...
+
+    def routes(self) -> list[web.RouteDef]:
+        """HTTP routes to mount on the gateway's aiohttp server (Slack's ``POST /slack/events``)."""
         ...

@@ -1,0 +1,86 @@
+"""The face core shows to platform adapters: accept messages, look up and reset conversations.
+
+Adapters translate a platform event into an ``InboundMessage`` and call ``accept`` *before*
+acknowledging the event: once ``accept`` returns, the message is durable and will be answered
+exactly once (by this process or another). If it raises ``StoreUnavailable``, nothing was
+recorded and the adapter must not acknowledge success, so the platform delivers it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from core.bindings import Binding, BindingResolver
+from core.config import Config
+from core.errors import SwitchboardError
+from core.metrics import MESSAGES_RECEIVED
+from core.models import InboundMessage, Place
+from core.ports import ReplySinkFactory
+from core.store import Accepted, Store
+
+log = logging.getLogger(__name__)
+
+
+class MessageRejected(SwitchboardError):
+    """Bad input (e.g. an oversized message): nothing was recorded; show ``user_message``."""
+
+    def __init__(self, user_message: str) -> None:
+        self.user_message = user_message
+        super().__init__(user_message)
+
+
+class Gateway:
+    def __init__(self, *, store: Store, config: Config) -> None:
+        self.store = store
+        self._config = config
+        self.bindings = BindingResolver(store=store, config=config)
+        self.sinks: dict[str, ReplySinkFactory] = {}
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def apply_config(self, config: Config) -> None:
+        """Use a new, already validated config for everything from now on (hot reload)."""
+        self._config = config
+        self.bindings = BindingResolver(store=self.store, config=config)
+
+    def register_platform(self, platform: str, sinks: ReplySinkFactory) -> None:
+        """Tell core how to write answers on ``platform`` (called by the adapter at start)."""
+        self.sinks[platform] = sinks
+
+    async def accept(self, message: InboundMessage) -> Accepted:
+        """Durably queue ``message`` for an answer; a redelivered event returns ``duplicate=True``."""
+        started = time.perf_counter()
+        platform = message.place.platform
+        limit = self._config.gateway.max_message_chars
+        if len(message.text) > limit:
+            MESSAGES_RECEIVED.labels(platform=platform, outcome="rejected").inc()
+            raise MessageRejected(
+                f"That message is too long ({len(message.text):,} characters; the limit is {limit:,})."
+            )
+        if not message.text.strip():
+            MESSAGES_RECEIVED.labels(platform=platform, outcome="rejected").inc()
+            raise MessageRejected("That message is empty: say something and I'll answer.")
+        accepted = await self.store.accept(message)
+        outcome = "duplicate" if accepted.duplicate else "accepted"
+        MESSAGES_RECEIVED.labels(platform=platform, outcome=outcome).inc()
+        log.info("intake", extra={"event": "intake", "message_id": accepted.message_id, "outcome": outcome,
+                                  "conversation": message.conversation, "platform": platform,
+                                  "ms": round((time.perf_counter() - started) * 1000, 2)})
+        return accepted
+
+    async def has_conversation(self, conversation: str) -> bool:
+        """True once any message was accepted for ``conversation`` (e.g. the bot's Slack thread)."""
+        return await self.store.has_conversation(conversation)
+
+    async def reset(self, conversation: str) -> None:
+        """The next message in ``conversation`` starts a new backend thread."""
+        await self.store.reset(conversation)
+
+    async def binding(self, place: Place) -> Binding:
+        return await self.bindings.resolve(place)
+
+    def profile_names(self) -> list[str]:
+        return list(self._config.profiles)

@@ -1,0 +1,71 @@
+"""Every Redis key Switchboard uses, and its lifetime. Nothing else builds key strings.
+
+Keys that are used together share a hash tag, so the Lua scripts that touch them work on
+Redis Cluster too. Conversations are spread over ``partitions``; a conversation's keys and
+its partition's work stream share the tag ``{<prefix>:<partition>}``.
+
+| key                                   | type   | lifetime                                  |
+|---------------------------------------|--------|-------------------------------------------|
+| ``{t}:work``                          | stream | entries deleted once handled              |
+| ``{t}:conv:<conversation>``           | hash   | ``conversation_ttl_s``, renewed per message |
+| ``{t}:inbox:<conversation>``          | list   | ``conversation_ttl_s``, emptied as answered |
+| ``{t}:lease:<conversation>``          | string | ``lease_ttl_s``, renewed while a run works  |
+| ``{t}:msg:<message id>``              | hash   | ``MESSAGE_PENDING_TTL_S``, then ``dedupe_ttl_s`` once answered |
+| ``{t}:seen:<platform>:<event id>``    | string | ``dedupe_ttl_s``                          |
+| ``<prefix>:binding:{<plat>:<ws>}:<channel>`` | string | none (admin decisions are kept)    |
+| ``<prefix>:assistant:<backend>:<profile>``   | hash   | none (mirrors the backend's assistant) |
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+MESSAGE_PENDING_TTL_S = 7 * 86_400
+WORK_GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sb"
+    partitions: int = 1
+
+    def partition_of(self, conversation: str) -> int:
+        return zlib.crc32(conversation.encode()) % self.partitions
+
+    def tag(self, partition: int) -> str:
+        return f"{{{self.prefix}:{partition}}}"
+
+    def _tag_for(self, conversation: str) -> str:
+        return self.tag(self.partition_of(conversation))
+
+    def work(self, partition: int) -> str:
+        return f"{self.tag(partition)}:work"
+
+    def work_for(self, conversation: str) -> str:
+        return f"{self._tag_for(conversation)}:work"
+
+    def conv(self, conversation: str) -> str:
+        return f"{self._tag_for(conversation)}:conv:{conversation}"
+
+    def inbox(self, conversation: str) -> str:
+        return f"{self._tag_for(conversation)}:inbox:{conversation}"
+
+    def lease(self, conversation: str) -> str:
+        return f"{self._tag_for(conversation)}:lease:{conversation}"
+
+    def msg(self, conversation: str, message_id: str) -> str:
+        return f"{self._tag_for(conversation)}:msg:{message_id}"
+
+    def seen(self, conversation: str, platform: str, event_id: str) -> str:
+        return f"{self._tag_for(conversation)}:seen:{platform}:{event_id}"
+
+    def binding(self, platform: str, workspace: str, channel: str) -> str:
+        """``channel`` is ``*`` for the workspace/guild default."""
+        return f"{self.prefix}:binding:{{{platform}:{workspace}}}:{channel}"
+
+    def binding_pattern(self) -> str:
+        return f"{self.prefix}:binding:*"
+
+    def assistant(self, backend: str, profile: str) -> str:
+        return f"{self.prefix}:assistant:{backend}:{profile}"

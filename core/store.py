@@ -1,0 +1,374 @@
+"""Redis store: durable intake, conversation → thread map, per-conversation leases, message records.
+
+Every multi-key change is one Lua script (one round trip, atomic, Cluster-safe through hash
+tags). Every write done while answering is *fenced*: it checks that this process still holds
+the conversation's lease, so a process that lost its lease cannot write.
+
+Message lifecycle: ``accept`` records the message, appends it to its conversation's inbox and
+signals the partition's work stream, all before the platform is acknowledged. A worker that
+holds the lease answers the inbox head to tail; ``complete`` pops the head; ``release`` gives
+the lease up only when the inbox is empty, so a message that arrives meanwhile is never orphaned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.errors import LeaseLost, StoreUnavailable
+from core.keys import MESSAGE_PENDING_TTL_S, WORK_GROUP, Keys
+from core.models import InboundMessage, RunRef
+
+# redis-py's types allow bytes; the pool is opened with decode_responses=True, so values are str.
+_StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]] | None
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_ACCEPT = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return {0, existing} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('HSET', KEYS[2], 'payload', ARGV[2], 'status', 'queued')
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('HSETNX', KEYS[4], 'created', ARGV[7])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('XADD', KEYS[5], '*', 'conv', ARGV[6], 'msg', ARGV[1])
+return {1, ARGV[1]}
+"""
+
+# KEYS: lease, inbox, conv; ARGV: token, msg key prefix ("{t}:msg:")
+_PEEK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return {0} end
+local msg = redis.call('HGETALL', ARGV[2] .. head)
+local conv = redis.call('HGETALL', KEYS[3])
+return {1, head, msg, conv}
+"""
+
+# KEYS: lease, target hash; ARGV: token, ttl, field, value, field, value, ...
+_FENCED_HSET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: lease, inbox, msg; ARGV: token, message id, status, msg ttl
+_COMPLETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LINDEX', KEYS[2], 0) == ARGV[2] then redis.call('LPOP', KEYS[2]) end
+redis.call('HSET', KEYS[3], 'status', ARGV[3], 'finished_at', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return redis.call('LLEN', KEYS[2])
+"""
+
+# KEYS: lease, inbox; ARGV: token
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: lease; ARGV: token, ttl ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: conv; ARGV: field prefix
+_RESET = """
+local fields = redis.call('HKEYS', KEYS[1])
+local n = 0
+for _, f in ipairs(fields) do
+  if string.sub(f, 1, string.len(ARGV[1])) == ARGV[1] then redis.call('HDEL', KEYS[1], f); n = n + 1 end
+end
+return n
+"""
+
+
+def translate_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Map redis-py's connection failures to ``StoreUnavailable`` where they enter."""
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+@dataclass
+class Accepted:
+    message_id: str
+    duplicate: bool
+
+
+@dataclass
+class Pending:
+    """The head of a conversation's inbox, with what was recorded about it so far."""
+
+    message: InboundMessage
+    status: str
+    record: dict[str, str]
+    threads: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reply_refs(self) -> dict[int, str]:
+        raw = self.record.get("refs")
+        return {int(k): v for k, v in json.loads(raw).items()} if raw else {}
+
+    @property
+    def run(self) -> RunRef | None:
+        raw = self.record.get("run")
+        return RunRef.model_validate_json(raw) if raw else None
+
+
+@dataclass
+class StoreLimits:
+    lease_ttl_s: float = 30.0
+    dedupe_ttl_s: int = 86_400
+    conversation_ttl_s: int = 90 * 86_400
+
+
+class Store:
+    """All of Switchboard's Redis access. One instance per process, over one connection pool."""
+
+    def __init__(self, redis: aioredis.Redis, *, keys: Keys, limits: StoreLimits) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limits = limits
+        self._accept = redis.register_script(_ACCEPT)
+        self._peek = redis.register_script(_PEEK)
+        self._fenced_hset = redis.register_script(_FENCED_HSET)
+        self._complete = redis.register_script(_COMPLETE)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+        self._reset = redis.register_script(_RESET)
+
+    @staticmethod
+    @asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[aioredis.Redis]:
+        """Open the process's one Redis pool; fail fast with ``StoreUnavailable`` if unreachable."""
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+        )
+        try:
+            try:
+                await client.ping()
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"cannot reach Redis at {_redact(url)}: {exc}") from exc
+            yield client
+        finally:
+            await client.aclose()
+
+    @translate_errors
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # --- intake -----------------------------------------------------------------------------
+
+    @translate_errors
+    async def accept(self, message: InboundMessage) -> Accepted:
+        """Durably record ``message`` unless its event was seen before. One round trip."""
+        conv = message.conversation
+        k = self.keys
+        new, message_id = await self._accept(
+            keys=[k.seen(conv, message.place.platform, message.event_id), k.msg(conv, message.id),
+                  k.inbox(conv), k.conv(conv), k.work_for(conv)],
+            args=[message.id, message.model_dump_json(), self.limits.dedupe_ttl_s, MESSAGE_PENDING_TTL_S,
+                  self.limits.conversation_ttl_s, conv, f"{time.time():.3f}"],
+        )
+        return Accepted(message_id=str(message_id), duplicate=not int(new))
+
+    @translate_errors
+    async def has_conversation(self, conversation: str) -> bool:
+        return bool(await self.redis.exists(self.keys.conv(conversation)))
+
+    @translate_errors
+    async def reset(self, conversation: str) -> int:
+        """Forget the conversation's backend threads: the next message starts a new one."""
+        return int(await self._reset(keys=[self.keys.conv(conversation)], args=["thread:"]))
+
+    # --- work stream --------------------------------------------------------------------------
+
+    @translate_errors
+    async def ensure_groups(self) -> None:
+        for partition in range(self.keys.partitions):
+            try:
+                await self.redis.xgroup_create(self.keys.work(partition), WORK_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    @translate_errors
+    async def read_work(
+        self, partition: int, consumer: str, *, count: int, block_ms: int
+    ) -> list[tuple[str, str]]:
+        """New work signals for ``consumer``: (entry id, conversation)."""
+        reply = cast(_StreamReply, await self.redis.xreadgroup(
+            WORK_GROUP, consumer, {self.keys.work(partition): ">"}, count=count, block=block_ms,
+        ))
+        return [(eid, fields["conv"]) for _, entries in reply or [] for eid, fields in entries]
+
+    @translate_errors
+    async def reclaim_work(
+        self, partition: int, consumer: str, *, min_idle_ms: int, count: int = 64
+    ) -> list[tuple[str, str]]:
+        """Signals left pending by consumers that went quiet (died) for ``min_idle_ms``."""
+        reply = await self.redis.xautoclaim(
+            self.keys.work(partition), WORK_GROUP, consumer, min_idle_time=min_idle_ms, count=count,
+        )
+        entries: list[tuple[str, dict[str, str]]] = list(reply[1]) if reply else []
+        return [(eid, fields["conv"]) for eid, fields in entries if fields]
+
+    @translate_errors
+    async def ack_work(self, conversation: str, entry_ids: list[str]) -> None:
+        if not entry_ids:
+            return
+        stream = self.keys.work_for(conversation)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORK_GROUP, *entry_ids)
+            pipe.xdel(stream, *entry_ids)
+            await pipe.execute()
+
+    # --- leases -------------------------------------------------------------------------------
+
+    @translate_errors
+    async def acquire(self, conversation: str, token: str) -> bool:
+        ttl_ms = int(self.limits.lease_ttl_s * 1000)
+        return bool(await self.redis.set(self.keys.lease(conversation), token, nx=True, px=ttl_ms))
+
+    @translate_errors
+    async def renew_many(self, leases: dict[str, str]) -> dict[str, bool]:
+        """Renew several leases in one round trip: {conversation: still held}."""
+        if not leases:
+            return {}
+        ttl_ms = int(self.limits.lease_ttl_s * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conv, token in leases.items():
+                await self._renew(keys=[self.keys.lease(conv)], args=[token, ttl_ms], client=pipe)
+            results = await pipe.execute()
+        return {conv: bool(int(r)) for conv, r in zip(leases, results, strict=True)}
+
+    @translate_errors
+    async def release(self, conversation: str, token: str) -> bool:
+        """Give the lease up if the inbox is empty. False: work arrived meanwhile, keep going."""
+        k = self.keys
+        result = int(await self._release(keys=[k.lease(conversation), k.inbox(conversation)], args=[token]))
+        if result < 0:
+            raise LeaseLost(conversation)
+        return result == 1
+
+    # --- answering (all fenced by the lease) -------------------------------------------------
+
+    @translate_errors
+    async def peek(self, conversation: str, token: str) -> Pending | None:
+        """The oldest unanswered message of the conversation, or None if the inbox is empty."""
+        k = self.keys
+        msg_prefix = k.msg(conversation, "")
+        reply = await self._peek(
+            keys=[k.lease(conversation), k.inbox(conversation), k.conv(conversation)],
+            args=[token, msg_prefix],
+        )
+        if int(reply[0]) < 0:
+            raise LeaseLost(conversation)
+        if int(reply[0]) == 0:
+            return None
+        record = _pairs(reply[2])
+        conv = _pairs(reply[3])
+        threads = {f.removeprefix("thread:"): v for f, v in conv.items() if f.startswith("thread:")}
+        if "payload" not in record:
+            # The record expired while queued: drop the head so the inbox cannot stall on it.
+            await self.complete(conversation, token, str(reply[1]), status="lost")
+            return await self.peek(conversation, token)
+        message = InboundMessage.model_validate_json(record["payload"])
+        return Pending(message=message, status=record.get("status", "queued"), record=record, threads=threads)
+
+    async def record(self, message: InboundMessage, token: str, **fields: str) -> None:
+        """Fenced update of the message's record (status, run, reply refs, …)."""
+        await self._hset(message.conversation, token, self.keys.msg(message.conversation, message.id),
+                         MESSAGE_PENDING_TTL_S, fields)
+
+    async def record_run(self, message: InboundMessage, token: str, run: RunRef) -> None:
+        """Before anything else happens on a run: which run answers this message, on which thread."""
+        conv = message.conversation
+        await self.record(message, token, run=run.model_dump_json(), status="running")
+        await self._hset(conv, token, self.keys.conv(conv), self.limits.conversation_ttl_s,
+                         {f"thread:{run.backend}": run.thread_id})
+
+    @translate_errors
+    async def complete(self, conversation: str, token: str, message_id: str, *, status: str) -> int:
+        """Mark answered and pop it from the inbox. Returns how many messages still wait."""
+        k = self.keys
+        result = int(await self._complete(
+            keys=[k.lease(conversation), k.inbox(conversation), k.msg(conversation, message_id)],
+            args=[token, message_id, status, self.limits.dedupe_ttl_s, f"{time.time():.3f}"],
+        ))
+        if result < 0:
+            raise LeaseLost(conversation)
+        return result
+
+    @translate_errors
+    async def _hset(self, conversation: str, token: str, key: str, ttl_s: int, fields: dict[str, str]) -> None:
+        args: list[Any] = [token, ttl_s]
+        for name, value in fields.items():
+            args += [name, value]
+        if int(await self._fenced_hset(keys=[self.keys.lease(conversation), key], args=args)) < 0:
+            raise LeaseLost(conversation)
+
+    # --- bindings ------------------------------------------------------------------------------
+
+    @translate_errors
+    async def get_bindings(self, platform: str, workspace: str, channel: str) -> tuple[str | None, str | None]:
+        """(channel binding, workspace default) set at run time, in one round trip."""
+        k = self.keys
+        values = cast(list[str | None], await self.redis.mget(
+            k.binding(platform, workspace, channel), k.binding(platform, workspace, "*"),
+        ))
+        return values[0], values[1]
+
+    @translate_errors
+    async def set_binding(self, platform: str, workspace: str, channel: str, profile: str | None) -> None:
+        key = self.keys.binding(platform, workspace, channel)
+        if profile is None:
+            await self.redis.delete(key)
+        else:
+            await self.redis.set(key, profile)
+
+    @translate_errors
+    async def list_bindings(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        async for key in self.redis.scan_iter(match=self.keys.binding_pattern(), count=500):
+            value = cast(str | None, await self.redis.get(key))
+            if value is not None:
+                out[key] = value
+        return out
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password, for error text."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
