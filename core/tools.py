@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx2
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from core.config import ToolConfig
 from core.errors import ConfigError
@@ -161,7 +162,8 @@ class HttpToolRunner:
                 return _error(f"tool endpoint answered HTTP {status}; redirects are not followed",
                               "redirect", status)
             if not 200 <= status < 300:
-                excerpt = _excerpt(await _read_prefix(response, _EXCERPT_BYTES), self._redactions(tool))
+                prefix, cut = await _read_prefix(response, _EXCERPT_BYTES)
+                excerpt = _excerpt(prefix, cut=cut, redactions=_redactions(tool))
                 detail = f": {excerpt}" if excerpt else ""
                 return _error(f"tool endpoint answered HTTP {status}{detail}", "http_error", status)
             try:
@@ -171,12 +173,6 @@ class HttpToolRunner:
                               "too_large", status)
             return _Result(outcome="ok", output=_output(content, response.charset_encoding), status=status)
 
-    @staticmethod
-    def _redactions(tool: ToolConfig) -> list[str]:
-        values = [value.get_secret_value() for value in tool.headers.values()]
-        if tool.secret is not None:
-            values.append(tool.secret.get_secret_value())
-        return [value for value in values if value]
 
 
 def _signers(tools: Mapping[str, ToolConfig]) -> dict[str, Webhook]:
@@ -187,7 +183,7 @@ def _signers(tools: Mapping[str, ToolConfig]) -> dict[str, Webhook]:
             continue
         try:
             signers[name] = Webhook(tool.secret.get_secret_value())
-        except Exception as exc:  # binascii.Error, EmptyWebhookSecretError, …: all mean "bad secret"
+        except (ValueError, RuntimeError, EmptyWebhookSecretError) as exc:  # binascii.Error is a ValueError
             problems.append(f"tools.{name}.secret: not a valid Standard Webhooks secret ({type(exc).__name__})")
     if problems:
         raise ConfigError("tools", problems)
@@ -229,16 +225,25 @@ async def _read_capped(response: httpx2.Response, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_prefix(response: httpx2.Response, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body; the rest is never read."""
+async def _read_prefix(response: httpx2.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body (the rest is never read), and whether it was cut."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def _redactions(tool: ToolConfig) -> list[str]:
+    """Every configured secret value, and the token part of values such as ``Bearer <token>``."""
+    values = [value.get_secret_value() for value in tool.headers.values()]
+    if tool.secret is not None:
+        values.append(tool.secret.get_secret_value())
+    parts = [part for value in values for part in value.split() if len(part) >= 8]
+    return sorted({v for v in values + parts if v}, key=len, reverse=True)
 
 
 def _decode(content: bytes, charset: str | None) -> str:
@@ -261,9 +266,14 @@ def _output(content: bytes, charset: str | None) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _excerpt(content: bytes, redactions: list[str]) -> str:
-    """A short, single-line excerpt of an error body, with any configured secret blanked out."""
+def _excerpt(content: bytes, *, cut: bool, redactions: list[str]) -> str:
+    """A short, single-line excerpt of an error body, with any configured secret blanked out.
+
+    When the body was ``cut``, its tail is dropped too: it could hold the start of a secret.
+    """
     text = _decode(content, None)
+    if cut and redactions:
+        text = text[: -len(redactions[0])]
     for secret in redactions:
         text = text.replace(secret, "[redacted]")
     text = _UNSAFE_CHARS.sub(" ", text).strip()
