@@ -31,13 +31,6 @@ TEXT_RUN_EVENTS = [
 ]
 
 
-def assistants_endpoint() -> Any:
-    """``client.beta.assistants.*`` warn ``DeprecationWarning("deprecated")``, a message the project's
-    filter (written for the threads' longer one) does not match: expect exactly that warning here
-    instead of filtering anything; any other warning still fails the test."""
-    return pytest.warns(DeprecationWarning, match="^deprecated$")
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[AssistantsEmulator]:
     async with AssistantsEmulator(chunks=4, expiry_s=0.3) as emu:
@@ -52,10 +45,9 @@ async def client(emulator: AssistantsEmulator) -> AsyncIterator[AsyncOpenAI]:
 
 @pytest.fixture
 async def assistant_id(client: AsyncOpenAI) -> str:
-    with assistants_endpoint():
-        created = await client.beta.assistants.create(
-            model="emu-model", name="Helper", instructions="Be brief.", tools=[WEATHER_TOOL, LOOKUP_TOOL],
-        )
+    created = await client.beta.assistants.create(
+        model="emu-model", name="Helper", instructions="Be brief.", tools=[WEATHER_TOOL, LOOKUP_TOOL],
+    )
     return created.id
 
 
@@ -83,13 +75,12 @@ async def test_assistant_crud_keeps_every_field(client: AsyncOpenAI) -> None:
         "tool_resources": {"file_search": {"vector_store_ids": ["vs_1"]}}, "metadata": {"team": "support"},
         "temperature": 0.3, "top_p": 0.9, "response_format": {"type": "json_object"}, "reasoning_effort": "low",
     }
-    with assistants_endpoint():
-        created = await client.beta.assistants.create(**fields)
-        fetched = (await client.beta.assistants.retrieve(created.id)).model_dump()
-        updated = await client.beta.assistants.update(created.id, instructions="Be very kind.")
-        deleted = await client.beta.assistants.delete(created.id)
-        with pytest.raises(openai.NotFoundError) as caught:
-            await client.beta.assistants.retrieve(created.id)
+    created = await client.beta.assistants.create(**fields)
+    fetched = (await client.beta.assistants.retrieve(created.id)).model_dump()
+    updated = await client.beta.assistants.update(created.id, instructions="Be very kind.")
+    deleted = await client.beta.assistants.delete(created.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.beta.assistants.retrieve(created.id)
 
     scalars = ("model", "name", "description", "instructions", "metadata", "temperature", "top_p",
                "reasoning_effort")
@@ -105,15 +96,14 @@ async def test_assistant_crud_keeps_every_field(client: AsyncOpenAI) -> None:
 
 
 async def test_list_pages_through_hundreds_with_cursors(client: AsyncOpenAI) -> None:
-    with assistants_endpoint():
-        ids = [(await client.beta.assistants.create(model="emu-model", name=f"a{i}")).id for i in range(250)]
-        seen = [a.id async for a in client.beta.assistants.list()]
-        ascending = [a.id async for a in client.beta.assistants.list(order="asc", limit=100)]
-        page = await client.beta.assistants.list(order="asc", limit=10, after=ids[99])
-        before = await client.beta.assistants.list(order="asc", limit=5, before=ids[10])
-        last = await client.beta.assistants.list(order="asc", limit=100, after=ids[199])
-        with pytest.raises(openai.BadRequestError):
-            await client.beta.assistants.list(limit=101)
+    ids = [(await client.beta.assistants.create(model="emu-model", name=f"a{i}")).id for i in range(250)]
+    seen = [a.id async for a in client.beta.assistants.list()]
+    ascending = [a.id async for a in client.beta.assistants.list(order="asc", limit=100)]
+    page = await client.beta.assistants.list(order="asc", limit=10, after=ids[99])
+    before = await client.beta.assistants.list(order="asc", limit=5, before=ids[10])
+    last = await client.beta.assistants.list(order="asc", limit=100, after=ids[199])
+    with pytest.raises(openai.BadRequestError):
+        await client.beta.assistants.list(limit=101)
 
     assert seen == list(reversed(ids))
     assert ascending == ids
