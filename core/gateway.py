@@ -63,6 +63,9 @@ class Gateway:
         if not message.text.strip():
             MESSAGES_RECEIVED.labels(platform=platform, outcome="rejected").inc()
             raise MessageRejected("That message is empty: say something and I'll answer.")
+        if message.profile is not None and message.profile not in self._config.profiles:
+            known = ", ".join(self._config.profiles)
+            raise MessageRejected(f"There is no profile {message.profile!r}. Known: {known}.")
         accepted = await self.store.accept(message)
         outcome = "duplicate" if accepted.duplicate else "accepted"
         MESSAGES_RECEIVED.labels(platform=platform, outcome=outcome).inc()

@@ -42,6 +42,8 @@ class InboundMessage(BaseModel):
     place: Place
     text: str
     reply_to: dict[str, str] = Field(default_factory=dict)
+    profile: str | None = None
+    """An explicit profile (``switchboard console --profile``); None: the place's binding decides."""
     traceparent: str | None = None
     received_at: float = Field(default_factory=time.time)
 

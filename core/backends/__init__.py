@@ -1,0 +1,69 @@
+"""Assistant backends behind ``core.ports.Backend``, built from the ``backends:`` config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from openai import AsyncOpenAI
+
+from core.backends.assistants import AssistantsBackend
+from core.backends.catalog import AssistantCatalog
+from core.config import BackendConfig, Config
+from core.errors import ConfigError
+from core.keys import Keys
+from core.ports import Backend
+from core.settings import Settings
+
+
+@dataclass
+class BackendSet:
+    """The process's backends and the SDK clients they own (closed together)."""
+
+    backends: dict[str, Backend]
+    clients: dict[str, AsyncOpenAI]
+    catalogs: dict[str, AssistantCatalog]
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+def used_backends(config: Config) -> set[str]:
+    return {p.backend for p in config.profiles.values()}
+
+
+def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncOpenAI:
+    """One SDK client per backend connection; ``default`` falls back to OPENAI_API_KEY / OPENAI_BASE_URL."""
+    key = backend.api_key or settings.openai_api_key
+    if key is None:
+        raise ConfigError("environment", [
+            f"backends.{name}: no API key: set OPENAI_API_KEY or the backend's api_key "
+            "(any non-empty value for servers that need none)"])
+    return AsyncOpenAI(
+        api_key=key.get_secret_value(), base_url=backend.base_url or settings.openai_base_url,
+        max_retries=backend.max_retries, timeout=backend.timeout_s,
+    )
+
+
+def build_backends(*, config: Config, settings: Settings, redis: aioredis.Redis, keys: Keys) -> BackendSet:
+    """Backends for every backend a profile uses. Raises ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    result = BackendSet({}, {}, {})
+    for name in sorted(used_backends(config)):
+        conf = config.backends[name]
+        if conf.kind != "assistants":
+            problems.append(f"backends.{name}.kind: {conf.kind!r} is not supported by this version")
+            continue
+        try:
+            client = make_client(name, conf, settings)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        catalog = AssistantCatalog(backend=name, client=client, redis=redis, keys=keys, tools=config.tools)
+        result.clients[name] = client
+        result.catalogs[name] = catalog
+        result.backends[name] = AssistantsBackend(name=name, client=client, catalog=catalog)
+    if problems:
+        raise ConfigError("backends", problems)
+    return result

@@ -1,0 +1,1 @@
+"""The composition root: the ``switchboard`` command wires core and the platform adapters."""

@@ -1,0 +1,162 @@
+"""Shell commands for admins: ``check``, ``assistants sync|list``, ``bindings list|set|unset``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+
+import openai
+import redis.asyncio as aioredis
+
+from core.backends import make_client, used_backends
+from core.backends.catalog import PROFILE_TAG, AssistantCatalog
+from core.config import Config, load_config
+from core.errors import ConfigError, StoreUnavailable, SwitchboardError
+from core.runtime import keys_for
+from core.settings import Settings
+from core.store import Store, StoreLimits
+
+Check = Callable[[], Awaitable[list[str]]]
+
+
+async def check(settings: Settings) -> int:
+    """Validate config and reach every dependency; one line per problem, non-zero if any."""
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = load_config(settings.config_path)
+        print(f"ok   config {settings.config_path}: {len(config.profiles)} profile(s), {len(config.tools)} tool(s)")
+    except ConfigError as exc:
+        problems += [f"config {exc.source}: {p}" for p in exc.problems]
+    problems += await _check_redis(settings)
+    if config is not None:
+        problems += await _check_backends(settings, config)
+    problems += await _check_platforms(settings, config)
+    for line in problems:
+        print(f"FAIL {line}")
+    print(f"{len(problems)} problem(s)" if problems else "all checks passed")
+    return 1 if problems else 0
+
+
+async def _check_redis(settings: Settings) -> list[str]:
+    if not settings.redis_url:
+        return ["redis: REDIS_URL is not set"]
+    try:
+        async with Store.connect(settings.redis_url):
+            print("ok   redis reachable")
+            return []
+    except StoreUnavailable as exc:
+        return [f"redis: {exc}"]
+
+
+async def _check_backends(settings: Settings, config: Config) -> list[str]:
+    problems: list[str] = []
+    for name in sorted(used_backends(config)):
+        try:
+            client = make_client(name, config.backends[name], settings)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        async with client:
+            problems += await _check_backend(name, client, config)
+    return problems
+
+
+async def _check_backend(name: str, client: openai.AsyncOpenAI, config: Config) -> list[str]:
+    try:
+        await client.beta.assistants.list(limit=1)
+    except openai.APIError as exc:
+        return [f"backend {name}: {_describe(exc)}"]
+    print(f"ok   backend {name} reachable at {client.base_url}")
+    problems = []
+    for profile_name, profile in config.profiles.items():
+        if profile.backend != name or profile.assistant_id is None:
+            continue
+        try:
+            await client.beta.assistants.retrieve(profile.assistant_id)
+        except openai.NotFoundError:
+            problems.append(f"profiles.{profile_name}.assistant_id: {profile.assistant_id} not found on backend {name}")
+        except openai.APIError as exc:
+            problems.append(f"profiles.{profile_name}.assistant_id: {_describe(exc)}")
+    return problems
+
+
+async def _check_platforms(settings: Settings, config: Config | None) -> list[str]:
+    problems: list[str] = []
+    if settings.slack_enabled:
+        from bots.slack import check as slack_check
+
+        problems += await slack_check(settings)
+    if settings.discord_enabled:
+        from bots.discord import check as discord_check
+
+        problems += await discord_check(settings, config)
+    return problems
+
+
+def _describe(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.AuthenticationError):
+        return "the API key was refused (HTTP 401)"
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code} from the backend"
+    return f"unreachable ({type(exc).__name__})"
+
+
+async def assistants(settings: Settings, config: Config, action: str) -> int:
+    """``assistants sync``: create/update defined assistants; ``assistants list``: page through them."""
+    url = _redis_url(settings)
+    async with Store.connect(url) as redis:
+        for name in sorted(used_backends(config)):
+            async with make_client(name, config.backends[name], settings) as client:
+                if action == "sync":
+                    await _sync(name, client, config, redis)
+                else:
+                    await _list(name, client)
+    return 0
+
+
+async def _sync(name: str, client: openai.AsyncOpenAI, config: Config, redis: aioredis.Redis) -> None:
+    catalog = AssistantCatalog(backend=name, client=client, redis=redis, keys=keys_for(config), tools=config.tools)
+    for profile_name, profile in config.profiles.items():
+        if profile.backend == name and profile.is_definition:
+            result = await catalog.sync(profile_name, profile)
+            print(f"{result.action:<9} {profile_name:<20} {result.assistant_id} (backend {name})")
+
+
+async def _list(name: str, client: openai.AsyncOpenAI) -> None:
+    count = 0
+    async for assistant in client.beta.assistants.list(limit=100, order="asc"):
+        tag = (assistant.metadata or {}).get(PROFILE_TAG, "")
+        print(f"{assistant.id:<32} {assistant.model:<20} {assistant.name or '':<30} {tag}")
+        count += 1
+    print(f"{count} assistant(s) on backend {name}")
+
+
+async def bindings(settings: Settings, config: Config, args: argparse.Namespace) -> int:
+    async with Store.connect(_redis_url(settings)) as redis:
+        store = Store(redis, keys=keys_for(config), limits=StoreLimits())
+        if args.action == "list":
+            _print_config_bindings(config)
+            for key, profile in sorted((await store.list_bindings()).items()):
+                print(f"runtime  {key.split(':binding:', 1)[1]:<50} {profile}")
+            return 0
+        chosen: str | None = getattr(args, "profile", None)
+        if chosen is not None and chosen not in config.profiles:
+            raise SwitchboardError(f"unknown profile {chosen!r}; known: {', '.join(config.profiles)}")
+        await store.set_binding(args.platform, args.workspace, args.channel, chosen)
+        print(f"{args.action} {args.platform}/{args.workspace}/{args.channel}" + (f" → {chosen}" if chosen else ""))
+    return 0
+
+
+def _print_config_bindings(config: Config) -> None:
+    print(f"config   {'global default':<50} {config.default_profile()}")
+    for platform in ("slack", "discord", "console"):
+        for workspace, channels in getattr(config.bindings, platform).items():
+            for channel, profile in channels.items():
+                print(f"config   {platform}/{workspace}/{channel:<40} {profile}")
+
+
+def _redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise StoreUnavailable("REDIS_URL is not set")
+    return settings.redis_url

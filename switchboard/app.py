@@ -1,0 +1,158 @@
+"""Composition root: builds core and the platform adapters and runs them (run, console, demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from pydantic import SecretStr
+
+from bots.console import ConsoleAdapter, stdin_reader
+from core.config import Config, parse_config
+from core.demo_tool import DemoToolServer
+from core.emulator.assistants import AssistantsEmulator
+from core.httpserver import HttpServer, platform_check, redis_check
+from core.ports import PlatformAdapter
+from core.runtime import Runtime, open_runtime
+from core.settings import Settings
+from switchboard.localredis import local_redis
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 20.0
+
+
+class MissingRedis(RuntimeError):
+    pass
+
+
+def require_redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise MissingRedis(
+            "REDIS_URL is not set (e.g. redis://localhost:6379/0); `switchboard demo` starts one for you")
+    return settings.redis_url
+
+
+def platform_adapters(runtime: Runtime) -> list[PlatformAdapter]:
+    """An adapter for every platform whose credentials are set."""
+    adapters: list[PlatformAdapter] = []
+    settings = runtime.settings
+    if settings.slack_enabled:
+        from bots.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(gateway=runtime.gateway, settings=settings, config=runtime.config))
+    if settings.discord_enabled:
+        from bots.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(gateway=runtime.gateway, settings=settings, config=runtime.config))
+    return adapters
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows' default loop
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_gateway(settings: Settings, config: Config) -> None:
+    """``switchboard run``: every configured platform, the HTTP server and the workers."""
+    async with open_runtime(settings, config, redis_url=require_redis_url(settings)) as runtime:
+        adapters = platform_adapters(runtime)
+        if not adapters:
+            log.warning("no platform credentials set (SLACK_BOT_TOKEN, DISCORD_BOT_TOKEN): serving HTTP only")
+        checks = [redis_check(runtime.store)] + [platform_check(a.name, a.ready) for a in adapters]
+        server = HttpServer(settings.host, settings.port, checks,
+                            routes=[r for a in adapters for r in a.routes()])
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await server.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                worker = group.create_task(runtime.worker.run(), name="worker")
+                for adapter in adapters:
+                    await adapter.start()
+                log.info("gateway running", extra={"event": "started", "platforms": [a.name for a in adapters]})
+                await stop.wait()
+                log.info("shutting down", extra={"event": "stopping"})
+                await runtime.worker.drain(SHUTDOWN_GRACE_S)
+                worker.cancel()
+        finally:
+            for adapter in adapters:
+                await asyncio.shield(adapter.stop())
+            await server.stop()
+
+
+async def run_console(settings: Settings, config: Config, *, profile: str | None, redis_url: str) -> None:
+    """``switchboard console``: chat with a profile from the terminal, through the same core."""
+    async with open_runtime(settings, config, redis_url=redis_url) as runtime:
+        console = ConsoleAdapter(gateway=runtime.gateway, profile=profile)
+        await console.start()
+        worker = asyncio.create_task(runtime.worker.run(), name="worker")
+        try:
+            await console.chat(await stdin_reader())
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+
+def demo_config(*, tool_url: str, tool_secret: str, model: str) -> Config:
+    return parse_config({
+        "tools": {"get_weather": {
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                           "required": ["location"]},
+            "url": tool_url, "timeout_s": 10, "secret": tool_secret,
+        }},
+        "profiles": {"demo": {
+            "backend": "default", "model": model, "name": "Switchboard demo",
+            "instructions": "You are Switchboard's demo assistant. Use get_weather for weather questions.",
+            "tools": ["get_weather"],
+        }},
+        "bindings": {"default": "demo"},
+        "gateway": {"lease_ttl_s": 10},
+    }, source="(demo config)", env={})
+
+
+@contextlib.asynccontextmanager
+async def _demo_redis(settings: Settings) -> AsyncIterator[str]:
+    if settings.redis_url:
+        print(f"• Redis: {settings.redis_url.split('@')[-1]} (from REDIS_URL)")
+        yield settings.redis_url
+        return
+    async with local_redis() as url:
+        print(f"• Redis: started a private redis-server at {url}")
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _demo_backend(settings: Settings) -> AsyncIterator[Settings]:
+    if settings.openai_api_key is not None:
+        where = settings.openai_base_url or "OpenAI's API"
+        print(f"• Assistant backend: {where} (OPENAI_API_KEY is set)")
+        yield settings
+        return
+    async with AssistantsEmulator(chunks=12, latency_s=0.05) as emulator:
+        print(f"• Assistant backend: the local Assistants API emulator at {emulator.base_url}\n"
+              "  (scripted replies; set OPENAI_API_KEY to use a real backend)")
+        yield settings.model_copy(update={"openai_base_url": emulator.base_url,
+                                          "openai_api_key": SecretStr("emulator")})
+
+
+async def run_demo(settings: Settings, *, model: str) -> None:
+    """``switchboard demo``: Redis, a signed sample tool, the emulator unless a key is set, and the console."""
+    print("Switchboard demo — everything runs on this machine.")
+    tool_secret = "whsec_" + secrets.token_urlsafe(24)
+    async with _demo_redis(settings) as redis_url, DemoToolServer(secret=tool_secret) as tool, \
+            _demo_backend(settings) as backend_settings:
+        print(f"• Tool endpoint: get_weather → {tool.url} (Standard Webhooks signed)")
+        print("Try: “hello”, then “what's the weather in Paris?”\n")
+        sys.stdout.flush()
+        config = demo_config(tool_url=tool.url, tool_secret=tool_secret, model=model)
+        await run_console(backend_settings, config, profile="demo", redis_url=redis_url)
