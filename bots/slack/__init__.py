@@ -1,0 +1,6 @@
+"""Slack adapter: @mentions, threads, DMs and ``/assistant`` through slack-bolt (HTTP or Socket Mode)."""
+
+from bots.slack.adapter import SlackAdapter
+from bots.slack.sink import SlackReplySink, SlackSinkFactory
+
+__all__ = ["SlackAdapter", "SlackReplySink", "SlackSinkFactory"]
