@@ -64,6 +64,12 @@ class Keys:
         """``channel`` is ``*`` for the workspace/guild default."""
         return f"{self.prefix}:binding:{{{platform}:{workspace}}}:{channel}"
 
+    def parse_binding(self, key: str) -> tuple[str, str, str]:
+        """(platform, workspace, channel) of a key made by ``binding``."""
+        tag, channel = key.removeprefix(f"{self.prefix}:binding:{{").split("}:", 1)
+        platform, workspace = tag.split(":", 1)
+        return platform, workspace, channel
+
     def binding_pattern(self) -> str:
         return f"{self.prefix}:binding:*"
 

@@ -353,13 +353,14 @@ class Store:
             await self.redis.set(key, profile)
 
     @translate_errors
-    async def list_bindings(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+    async def list_bindings(self) -> list[tuple[str, str, str, str]]:
+        """Every run-time binding: (platform, workspace, channel or ``*``, profile)."""
+        out = []
         async for key in self.redis.scan_iter(match=self.keys.binding_pattern(), count=500):
             value = cast(str | None, await self.redis.get(key))
             if value is not None:
-                out[key] = value
-        return out
+                out.append((*self.keys.parse_binding(key), value))
+        return sorted(out)
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

@@ -137,8 +137,8 @@ async def bindings(settings: Settings, config: Config, args: argparse.Namespace)
         store = Store(redis, keys=keys_for(config), limits=StoreLimits())
         if args.action == "list":
             _print_config_bindings(config)
-            for key, profile in sorted((await store.list_bindings()).items()):
-                print(f"runtime  {key.split(':binding:', 1)[1]:<50} {profile}")
+            for platform, workspace, channel, profile in await store.list_bindings():
+                print(f"runtime  {platform}/{workspace}/{channel:<40} {profile}")
             return 0
         chosen: str | None = getattr(args, "profile", None)
         if chosen is not None and chosen not in config.profiles:

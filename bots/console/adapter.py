@@ -52,7 +52,7 @@ class ConsoleSink:
     async def tool_activity(self, calls: list[ToolCall], outputs: list[ToolOutput]) -> None:
         for call, output in zip(calls, outputs, strict=True):
             mark = "✓" if output.ok else "✗"
-            self._write(self._dim(f"\n  ↳ tool {call.name}({call.arguments}) {mark} {output.output[:300]}") + "\n")
+            self._write(self._dim(f"  ↳ tool {call.name}({call.arguments}) {mark} {output.output[:300]}") + "\n")
 
     def _show(self, ref: str, text: str) -> None:
         before = self._printed.get(ref, "")

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install Switchboard into .venv and start the local demo (no credentials needed).
+# On Debian/Ubuntu it installs redis-server when it is missing (as root, or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_URL:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "Installing redis-server (Debian package)…"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is missing: install Redis (e.g. 'brew install redis') or set REDIS_URL." >&2
+    exit 1
+  fi
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e . >/dev/null
+exec .venv/bin/switchboard demo "$@"
