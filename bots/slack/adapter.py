@@ -142,16 +142,19 @@ class SlackAdapter:
         return BotIdentity(team_id=str(response.get("team_id") or ""), user_id=str(response.get("user_id") or ""),
                            bot_id=response.get("bot_id"))
 
-    async def _authorize(self) -> AuthorizeResult:
-        """Bolt's authorize hook: the ``auth.test`` answer from ``start()``, so no event waits for one."""
-        assert self._authorized is not None
-        return self._authorized
-
     def _build_app(self, template: AsyncWebClient, listeners: SlackListeners) -> AsyncApp:
         secret = self._settings.slack_signing_secret
+        authorized = self._authorized
+        assert authorized is not None
+
+        async def authorize() -> AuthorizeResult:
+            # Bolt's hook, answered from start()'s auth.test so no event waits for one. (A plain
+            # function: Bolt passes arguments by the names it finds, and `self` is not one of them.)
+            return authorized
+
         app = AsyncApp(
             client=template,
-            authorize=self._authorize,
+            authorize=authorize,
             signing_secret=secret.get_secret_value() if secret is not None else "",
             request_verification_enabled=not self.socket_mode,
             process_before_response=True,

@@ -156,6 +156,7 @@ class SlackReplySink:
         if self._undelivered is not None:
             return self._undelivered
         try:
+            await self._close_earlier_streams()
             part = await self._start_stream(text) if self._can_stream() else None
             if part is None:
                 part = await self._post_part(text)
@@ -209,6 +210,12 @@ class SlackReplySink:
         return part
 
     # ------------------------------------------------------------------ streaming
+
+    async def _close_earlier_streams(self) -> None:
+        """A new part means the earlier ones are final (core's contract): end their streams."""
+        for part in self._parts.values():
+            if part.streaming:
+                await self._stop_stream(part)
 
     def _can_stream(self) -> bool:
         return (self._factory.stream and self._target.thread_ts is not None
