@@ -167,7 +167,7 @@ class SlackReplySink:
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None:
         """Make message ``ref`` show ``text`` (the whole part so far); ``final``: it is complete."""
-        if ref.startswith(UNDELIVERED_PREFIX):
+        if ref.startswith(UNDELIVERED_PREFIX) or self._undelivered is not None:
             return
         part = self._parts.get(ref) or await self._recover(ref)
         try:

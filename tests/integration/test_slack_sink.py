@@ -183,3 +183,19 @@ async def test_recovered_part_stream_is_closed_then_edited(emu: SlackEmulator, f
     await resumed.edit(ref, "before the crash, and after", final=True)
     assert [c.method for c in emu.calls][-2:] == ["chat.stopStream", "chat.update"]
     assert emu.messages[ref].text == "before the crash, and after"
+
+
+async def test_channel_lost_mid_answer_stops_writing_without_raising(
+        emu: SlackEmulator, factory: SlackSinkFactory, caplog: pytest.LogCaptureFixture) -> None:
+    emu.refuse_streaming_in = {"C"}
+    sink = await open_sink(factory)
+    ref = await sink.post("started")
+    emu.not_in_channel.add("C1")  # the bot was removed from the channel meanwhile
+    with caplog.at_level(logging.WARNING, logger="bots.slack.sink"):
+        await sink.edit(ref, "started, more", final=False)
+        await sink.edit(ref, "started, more, end", final=True)
+        await sink.done()
+    assert len(emu.calls_to("chat.update")) == 1
+    assert [getattr(r, "error", None) for r in caplog.records if getattr(r, "event", "") == "slack_undeliverable"] \
+        == ["not_in_channel"]
+    assert emu.messages[ref].text == "started"
