@@ -1,9 +1,11 @@
 """Splitting a long answer into chat messages of bounded length, the same way for every platform.
 
-``split_text(text, limit)`` returns parts of at most ``limit`` characters. Cut points are chosen,
+``split_text(text, limit)`` returns parts of at most ``limit`` characters (11 of them are kept
+free for a closing fence, so prose parts are at most ``limit - 11`` long). Cut points are chosen,
 in order of preference, at a blank line, a line end, a sentence end, a space, and only then
 anywhere (never inside a grapheme such as an emoji with modifiers). A part is filled at least
-half way before a weaker kind of cut is preferred over a stronger one.
+half way before a weaker kind of cut is preferred over a stronger one, and never ends with a
+Markdown heading.
 
 Markdown code fences are kept valid in every part. A fenced block is never cut when it fits in
 a part: if it does not fit in what is left of the current part, the part ends before it. A block
@@ -11,18 +13,20 @@ longer than a part is cut at line ends inside it; the part is closed with a fenc
 next part reopens it with the same info string (`````python``). A text that ends inside an open
 block gets a closing fence line on its last part. Fence lines follow CommonMark for backtick
 fences, bounded for the sake of the budget: at most 3 spaces of indent, 3 to 10 backticks, no
-backtick in the info string, and at most ``MAX_FENCE_LINE`` characters before trailing spaces. Tilde fences
-are plain text (Slack and Discord do not render them).
+backtick in the info string, and at most ``MAX_FENCE_LINE`` characters before trailing spaces.
+Tilde fences are plain text (Slack and Discord do not render them).
 
 Contracts (checked by property tests):
 
 - every part has ``1 <= len(part) <= limit`` and ends outside any code block;
 - removing the added fence lines and joining the parts gives back the text, except for the
-  whitespace at cut points (leading blank lines are dropped, a line's indentation is kept);
+  whitespace at cut points (blank lines there are dropped; a line's indentation is kept, cut to
+  4 characters when longer than 40);
 - prefix stability: every part of ``split_text(t, n)`` except the last is also a part of
   ``split_text(t + s, n)``, at the same index. A cut is decided from the fence state where the
-  part starts and the next ``limit`` characters only, and a part is cut only when the text goes
-  beyond them, so text appended later cannot move an earlier cut.
+  part starts and the next ``limit`` characters only (plus, when those are a fence-like line
+  start followed by spaces, the next character that is not a space), and a part is cut only
+  when the text goes on beyond them, so text appended later cannot move an earlier cut.
 
 ``split_parts`` is the same split with the source offsets and fence state of every part, and can
 resume at a part boundary: ``ReplyWriter`` uses it to re-split only the part still growing.
