@@ -301,7 +301,12 @@ def _line_cuts(text: str, line_start: int, floor: int, stop: int, fence: str | N
     sentences = [m.end() for m in _SENTENCE_END.finditer(text, lo + 1, stop + 1)]
     spaces = [m.start() for m in _BREAK_SPACE.finditer(text, lo + 1, stop + 1)]
     hard = _hard_cut(text, stop, lo)
-    return last_valid(sentences), last_valid(spaces), last_valid([hard] if hard > lo else [])
+    hard = last_valid([hard] if hard > lo else [])
+    if hard == -1 and lo == floor and text[lo] == "`":
+        # Only spaces follow a fence-like start up to the window's end: cutting its backticks
+        # after two leaves "``" here and a line too long to be a fence line there.
+        hard = lo + 2
+    return last_valid(sentences), last_valid(spaces), hard
 
 
 def _hard_cut(text: str, stop: int, floor: int) -> int:

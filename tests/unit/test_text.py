@@ -212,6 +212,17 @@ def test_a_backtick_run_never_starts_a_part() -> None:
         assert fence_lines(part)[1] is None
 
 
+@pytest.mark.parametrize("text", [
+    "```` a" + "y" * 23 + " " * 60 + "a ",  # a fence-like start, spaces up to the window's end
+    "y" * 29 + " " * 60 + "``` ",  # the next part would start with backticks
+    "```py" + " " * 70 + "z\n```py" + " " * 70 + "\ncode\n```",  # the same start: text, then a fence
+])
+def test_lines_that_only_look_like_fences(text: str) -> None:
+    parts = split_text(text, 100)
+    assert all(fence_lines(part)[1] is None for part in parts)
+    assert "".join(squash(part) for part in parts) == squash(text)
+
+
 def test_splitting_100kb_is_fast() -> None:
     unit = "Some prose here. " * 20 + "\n\n```python\n" + "x = 1\n" * 40 + "```\n\n" + "z" * 300 + "\n"
     text = (unit * (100_000 // len(unit) + 1))[:100_000]
