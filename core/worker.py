@@ -15,6 +15,7 @@ Invariants that make "never lost, never twice" hold across processes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -52,14 +53,14 @@ class Worker:
         self._slots = asyncio.Semaphore(max_concurrent_runs)
         self._drivers: dict[str, _Driver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting = True
+        self._stopping = asyncio.Event()
 
     @property
     def active_conversations(self) -> int:
         return len(self._drivers)
 
     async def run(self) -> None:
-        """Work until cancelled. Creates the consumer groups first."""
+        """Work until ``drain`` is called (returns then) or the task is cancelled."""
         await self.store.ensure_groups()
         try:
             async with asyncio.TaskGroup() as group:
@@ -68,23 +69,34 @@ class Worker:
                     group.create_task(self._reclaim_loop(partition))
                 group.create_task(self._renew_loop())
         finally:
-            # Answers in flight stop with the worker; their signals stay pending and are reclaimed.
+            # Answers still in flight stop with the worker; their signals stay pending and are reclaimed.
             drivers = [d.task for d in self._drivers.values() if d.task is not None]
             for task in drivers:
                 task.cancel()
             await asyncio.gather(*drivers, return_exceptions=True)
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking work and give in-flight answers up to ``grace_s`` to finish."""
-        self._accepting = False
+        """Stop taking work, give answers in flight ``grace_s`` to finish, then let ``run`` return.
+
+        The read loops end on their own within one ``read_block_ms``: cancelling a blocking Redis
+        read can leave redis-py's connection stuck, so they are never cancelled on purpose.
+        """
+        self._stopping.set()
         pending = [d.task for d in self._drivers.values() if d.task is not None]
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
         for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the worker is draining."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def _read_loop(self, partition: int) -> None:
-        while self._accepting:
+        while not self._stopping.is_set():
             try:
                 entries = await self.store.read_work(partition, self.consumer, count=64,
                                                      block_ms=self.read_block_ms)
@@ -93,12 +105,14 @@ class Worker:
             except StoreUnavailable as exc:
                 log.warning("work stream unreachable; retrying", extra={"event": "store_unavailable",
                                                                          "error": str(exc)})
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
 
     async def _reclaim_loop(self, partition: int) -> None:
         idle_ms = int(self.reclaim_idle_s * 1000)
-        while self._accepting:
-            await asyncio.sleep(max(0.5, self.reclaim_idle_s / 3))
+        while not self._stopping.is_set():
+            await self._pause(max(0.5, self.reclaim_idle_s / 3))
+            if self._stopping.is_set():
+                return
             try:
                 for entry_id, conversation in await self.store.reclaim_work(partition, self.consumer,
                                                                             min_idle_ms=idle_ms):
@@ -107,8 +121,16 @@ class Worker:
                 log.warning("reclaim failed; retrying", extra={"event": "store_unavailable", "error": str(exc)})
 
     async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ttl_s / 3)
+        # Leases are renewed until the last answer in flight is done, draining included; the
+        # short tick (no I/O) lets the loop end promptly once that happens.
+        interval = self.lease_ttl_s / 3
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while not (self._stopping.is_set() and not self._drivers):
+            await asyncio.sleep(min(0.25, max(0.0, next_at - loop.time())))
+            if loop.time() < next_at:
+                continue
+            next_at = loop.time() + interval
             held = {conv: d.token for conv, d in self._drivers.items()}
             try:
                 results = await self.store.renew_many(held)

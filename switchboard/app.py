@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -25,6 +26,7 @@ from switchboard.localredis import local_redis
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 20.0
+CONSOLE_GRACE_S = 5.0
 
 
 class MissingRedis(RuntimeError):
@@ -81,7 +83,7 @@ async def run_gateway(settings: Settings, config: Config) -> None:
                 await stop.wait()
                 log.info("shutting down", extra={"event": "stopping"})
                 await runtime.worker.drain(SHUTDOWN_GRACE_S)
-                worker.cancel()
+                await worker
         finally:
             for adapter in adapters:
                 await asyncio.shield(adapter.stop())
@@ -97,9 +99,8 @@ async def run_console(settings: Settings, config: Config, *, profile: str | None
         try:
             await console.chat(await stdin_reader())
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            await runtime.worker.drain(CONSOLE_GRACE_S)
+            await worker
 
 
 def demo_config(*, tool_url: str, tool_secret: str, model: str) -> Config:
@@ -148,7 +149,7 @@ async def _demo_backend(settings: Settings) -> AsyncIterator[Settings]:
 async def run_demo(settings: Settings, *, model: str) -> None:
     """``switchboard demo``: Redis, a signed sample tool, the emulator unless a key is set, and the console."""
     print("Switchboard demo — everything runs on this machine.")
-    tool_secret = "whsec_" + secrets.token_urlsafe(24)
+    tool_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     async with _demo_redis(settings) as redis_url, DemoToolServer(secret=tool_secret) as tool, \
             _demo_backend(settings) as backend_settings:
         print(f"• Tool endpoint: get_weather → {tool.url} (Standard Webhooks signed)")

@@ -116,7 +116,7 @@ class ToolEndpoints:
         if kind == "fail":
             return web.json_response({"detail": "boom"}, status=500)
         if kind == "hang":
-            await asyncio.sleep(30)
+            await asyncio.sleep(2)  # past the tool timeout (0.5 s), short enough for teardown
         if kind == "text":
             return web.Response(text="plain words, not JSON")
         if kind == "big":
@@ -188,12 +188,12 @@ async def open_stack(redis_url: str, *, chunks: int = 4, extra_config: dict[str,
             async with open_runtime(settings, config, redis_url=redis_url) as runtime:
                 sinks = RecordingSinks()
                 runtime.gateway.register_platform("console", sinks)
+                runtime.worker.read_block_ms = 200  # quicker teardown: reads are never cancelled
                 worker = asyncio.create_task(runtime.worker.run())
                 try:
                     yield Stack(runtime, emulator, weather, tools, sinks, settings)
                 finally:
-                    worker.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await worker
+                    await runtime.worker.drain(0)
+                    await worker
     finally:
         await tools.stop()
