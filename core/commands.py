@@ -31,7 +31,8 @@ _SOURCE = {
 @dataclass(frozen=True)
 class CommandContext:
     place: Place
-    conversation: str
+    conversation: str | None
+    """The conversation ``reset`` acts on; None where each new message already starts one."""
     is_admin: Callable[[], Awaitable[bool]]
 
 
@@ -44,6 +45,8 @@ async def assistant_command(gateway: Gateway, text: str, ctx: CommandContext) ->
     if sub == "list":
         return _list(gateway)
     if sub == "reset":
+        if ctx.conversation is None:
+            return "Nothing to reset here: every new @mention in this channel starts a new conversation."
         await gateway.reset(ctx.conversation)
         return "Done: the next message here starts a new conversation."
     if sub == "use":

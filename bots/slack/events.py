@@ -123,11 +123,12 @@ def reply_to(*, team: str, channel: str, thread_ts: str | None, message_ts: str,
             "user": user, "dm": "1" if is_dm else ""}
 
 
-def command_place(body: Mapping[str, Any]) -> tuple[Place, str]:
-    """The place of a slash command and the conversation ``reset`` acts on (the DM, or the channel)."""
+def command_place(body: Mapping[str, Any]) -> tuple[Place, str | None]:
+    """The place of a slash command and the conversation ``reset`` acts on: the DM's top-level
+    conversation; None in channels, where every top-level @mention starts a new conversation anyway."""
     channel = str(body.get("channel_id") or "")
     team = str(body.get("team_id") or "")
     is_dm = channel.startswith("D") or body.get("channel_name") == "directmessage"
     place = Place(platform="slack", workspace=team, channel=channel, user=str(body.get("user_id") or ""),
                   is_dm=is_dm)
-    return place, conversation_key(team, channel, None)
+    return place, conversation_key(team, channel, None) if is_dm else None

@@ -224,6 +224,7 @@ async def test_assistant_command_show_list_reset_help(world: World) -> None:
     emu = world.emu
     await world.deliver(emu.message_event(text="remember me", channel=DM))
     await world.answered(DM, None)
+    assert "every new @mention" in (await world.command("reset"))["text"]
     assert "new conversation" in (await world.command("reset", channel=DM))["text"]
     await world.deliver(emu.message_event(text="fresh start", channel=DM))
     answers = await world.answered(DM, None, count=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bots.slack.events import BotIdentity, command_place, conversation_key, strip_mention, translate
+from bots.slack.events import BotIdentity, command_place, strip_mention, translate
 from core.tracing import parse_traceparent
 from tests.emulators.slack import SlackEmulator
 
@@ -105,6 +105,6 @@ def test_strip_mention_removes_only_our_mentions() -> None:
 
 def test_command_place_in_channel_and_dm() -> None:
     place, key = command_place(EMU.slash_command(text="show", channel="C1"))
-    assert (place.channel, place.is_dm, key) == ("C1", False, conversation_key(T, "C1", None))
+    assert (place.channel, place.is_dm, key) == ("C1", False, None)
     place, key = command_place(EMU.slash_command(text="reset", channel="D9"))
     assert (place.is_dm, key) == (True, f"slack:{T}:D9")
