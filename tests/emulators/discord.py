@@ -185,9 +185,11 @@ class DiscordEmulator:
 
     # --- the world ----------------------------------------------------------------------------
 
-    def new_id(self) -> str:
-        """A snowflake for now, unique within the emulator."""
+    def new_id(self, *, shard: int | None = None) -> str:
+        """A snowflake for now, unique within the emulator; as a guild ID, one that ``shard`` serves."""
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        if shard is not None:
+            ms -= (ms - shard) % self.shard_count
         return str((ms << 22) | (next(self._ids) & 0x3FFFFF))
 
     @staticmethod
@@ -201,8 +203,9 @@ class DiscordEmulator:
         self.users[user_id] = self._user_payload(user_id, name)
         return user_id
 
-    def add_guild(self, name: str) -> str:
-        guild_id = self.new_id()
+    def add_guild(self, name: str, *, shard: int | None = None) -> str:
+        """A guild the bot is in, served by ``shard`` when given (Discord: ``(guild_id >> 22) % shard_count``)."""
+        guild_id = self.new_id(shard=shard)
         everyone = {"id": guild_id, "name": "@everyone", "permissions": str(ALL_PERMISSIONS), "position": 0,
                     "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
         self.guilds[guild_id] = {
@@ -284,14 +287,22 @@ class DiscordEmulator:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_ready(self, timeout_s: float = 10.0) -> None:
-        """Every shard identified (or resumed) and got its READY and GUILD_CREATEs."""
-        await self.wait_until(lambda: sum(s.identified for s in self._sessions) >= self.shard_count, timeout_s)
+    def connected_shards(self) -> int:
+        """Gateway sessions that identified (or resumed) and are still open."""
+        return sum(s.identified for s in self._sessions)
+
+    async def wait_ready(self, *, shards: int | None = None, timeout_s: float = 10.0) -> None:
+        """``shards`` (default: every shard) identified or resumed, and got their READY and GUILD_CREATEs."""
+        wanted = self.shard_count if shards is None else shards
+        await self.wait_until(lambda: self.connected_shards() >= wanted, timeout_s)
 
     async def slash(self, name: str, options: list[Json] | None = None, *, channel_id: str | None = None,
                     user_id: str | None = None, permissions: int = 0, app_permissions: int = ALL_PERMISSIONS,
-                    subcommand: str | None = None) -> EmuInteraction:
-        """Someone runs ``/name [subcommand] options`` in ``channel_id`` (default: the text channel)."""
+                    subcommand: str | None = None, deliver: bool = True) -> EmuInteraction:
+        """Someone runs ``/name [subcommand] options`` in ``channel_id`` (default: the text channel).
+
+        ``deliver=False`` only creates the interaction (for tests that drive REST without a gateway).
+        """
         channel_id = channel_id or self.channel_id
         user_id = user_id or self.user_id
         channel = self.channels[channel_id]
@@ -318,7 +329,8 @@ class DiscordEmulator:
         else:
             payload["user"] = self.users[user_id]
         self.interactions[interaction.id] = interaction
-        await self.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id)
+        if deliver:
+            await self.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id)
         return interaction
 
     def _interaction_channel(self, channel: Json) -> Json:
@@ -336,15 +348,16 @@ class DiscordEmulator:
         return self.new_id()
 
     async def user_message(self, content: str, *, channel_id: str | None = None, user_id: str | None = None,
-                           mention_bot: bool = False) -> str:
-        """A person says ``content`` (prefixed with the bot's mention when ``mention_bot``)."""
+                           mention_bot: bool = False, deliver: bool = True) -> str:
+        """A person says ``content`` (prefixed with the bot's mention when ``mention_bot``); returns its ID."""
         channel_id = channel_id or self.channel_id
         user_id = user_id or self.user_id
         if mention_bot:
             content = f"<@{self.app_id}> {content}"
         message = self._store_message(channel_id, user_id, content, kind="user")
-        await self.dispatch("MESSAGE_CREATE", self._message_payload(message, created=True),
-                            guild_id=self.channels[channel_id].get("guild_id"))
+        if deliver:
+            await self.dispatch("MESSAGE_CREATE", self._message_payload(message, created=True),
+                                guild_id=self.channels[channel_id].get("guild_id"))
         return message.id
 
     async def dispatch(self, event: str, data: Json, *, guild_id: str | None = None, required: bool = True) -> None:

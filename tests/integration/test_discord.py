@@ -54,13 +54,15 @@ def said(text: str, n: int = 1) -> Callable[[str], bool]:
 
 @pytest.fixture
 async def make_env(redis_server: RedisServer, redis_client: Redis) -> AsyncIterator[Callable[..., Any]]:
-    """Builds the stack and a started adapter; ``discord_config`` goes to the config's ``discord`` section."""
+    """Builds the stack and a started adapter; ``discord_config``/``gateway`` go to those config sections."""
     opened: list[Env] = []
     stacks: list[Any] = []
 
-    async def build(*, discord_config: dict[str, Any] | None = None, emulator: DiscordEmulator | None = None,
+    async def build(*, discord_config: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None,
+                    emulator: DiscordEmulator | None = None, wait_shards: int | None = None,
                     **overrides: Any) -> Env:
-        context = open_stack(redis_server.url, extra_config={"discord": discord_config or {}})
+        context = open_stack(redis_server.url, extra_config={"discord": discord_config or {},
+                                                             "gateway": gateway or {}})
         stacks.append(context)
         stack = await context.__aenter__()
         emu = emulator or DiscordEmulator()
@@ -73,7 +75,7 @@ async def make_env(redis_server: RedisServer, redis_client: Redis) -> AsyncItera
         env = Env(stack, emu, adapter)
         opened.append(env)
         await adapter.start()
-        await emu.wait_ready()
+        await emu.wait_ready(shards=wait_shards)
         return env
 
     yield build
