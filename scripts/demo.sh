@@ -25,6 +25,10 @@ if [ ! -x .venv/bin/python ]; then
   fi
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e . >/dev/null
+LOG=.venv/install.log
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e .; } >"$LOG" 2>&1; then
+  cat "$LOG" >&2
+  echo "Installing Switchboard failed (log above, also in $LOG)." >&2
+  exit 1
+fi
 exec .venv/bin/switchboard demo "$@"
