@@ -5,7 +5,15 @@ It only translates: Discord events become ``core.models.InboundMessage`` (``conv
 """
 
 from bots.discord.adapter import DiscordAdapter
-from bots.discord.setup import INVITE_PERMISSIONS, INVITE_SCOPES, DiscordProbe, invite_url, probe, sync_commands
+from bots.discord.setup import (
+    INVITE_PERMISSIONS,
+    INVITE_SCOPES,
+    DiscordProbe,
+    check,
+    invite_url,
+    probe,
+    sync_commands,
+)
 
-__all__ = ["INVITE_PERMISSIONS", "INVITE_SCOPES", "DiscordAdapter", "DiscordProbe", "invite_url", "probe",
+__all__ = ["INVITE_PERMISSIONS", "INVITE_SCOPES", "DiscordAdapter", "DiscordProbe", "check", "invite_url", "probe",
            "sync_commands"]

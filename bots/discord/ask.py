@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord.intake import can_hold_threads, channel_origin
+from bots.discord.intake import channel_origin
 from bots.discord.origin import (
     TOKEN_LIFETIME_S,
     Origin,
@@ -47,8 +47,9 @@ class AskCog(commands.Cog):
         origin = channel_origin(interaction.channel, user_id=interaction.user.id, guild_id=interaction.guild_id,
                                 bot_id=bot_id(self.bot))
         thread, original_used = None, False
-        if can_hold_threads(interaction.channel):
-            thread, original_used = await self._open_thread(interaction, services, prompt, deferred=deferred)
+        if isinstance(interaction.channel, discord.TextChannel):  # text and announcement channels hold threads
+            thread, original_used = await self._open_thread(interaction, interaction.channel, services, prompt,
+                                                            deferred=deferred)
         if thread is not None:
             origin = Origin(channel_id=thread.id, user_id=origin.user_id, guild_id=origin.guild_id,
                             parent_id=origin.channel_id, bot_thread=True)
@@ -74,7 +75,8 @@ class AskCog(commands.Cog):
             original_used=original_used,
         )
 
-    async def _open_thread(self, interaction: discord.Interaction, services: Services, prompt: str, *,
+    async def _open_thread(self, interaction: discord.Interaction, channel: discord.TextChannel,
+                           services: Services, prompt: str, *,
                            deferred: bool) -> tuple[discord.Thread | None, bool]:
         """The conversation's thread, started from the (edited) deferred response; also whether that was edited."""
         opener = opener_text(user_id=interaction.user.id, prompt=prompt, bot_id=bot_id(self.bot),
@@ -86,8 +88,6 @@ class AskCog(commands.Cog):
                 start = await interaction.edit_original_response(content=opener)
                 original_used = True
                 return await start.create_thread(name=name, auto_archive_duration=archive), original_used
-            channel = interaction.channel
-            assert isinstance(channel, discord.TextChannel)
             thread = await channel.create_thread(name=name, type=discord.ChannelType.public_thread,
                                                  auto_archive_duration=archive)
             await thread.send(opener)

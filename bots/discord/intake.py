@@ -69,7 +69,3 @@ def channel_origin(channel: object, *, user_id: int, guild_id: int | None, bot_i
                       bot_thread=channel.owner_id == bot_id)
     return Origin(channel_id=channel_id, user_id=user_id, guild_id=guild_id)
 
-
-def can_hold_threads(channel: object) -> bool:
-    """A channel where ``/ask`` opens a thread (text and announcement channels)."""
-    return isinstance(channel, discord.TextChannel)

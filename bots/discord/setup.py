@@ -3,7 +3,8 @@
 - ``sync_commands`` registers ``/ask`` and ``/assistant`` with Discord: globally (every server; may take
   a while to show up), or in one server for development (``--guild ID``: at once).
 - ``invite_url`` is the link that adds the bot to a server with the scopes and permissions it needs.
-- ``probe`` logs in over REST (no gateway) for ``switchboard check``.
+- ``check`` (``switchboard check``) logs in over REST (no gateway), compares the application's
+  settings with the config and prints the invite URL; ``probe`` is the same without printing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import discord
 
 from bots.discord.client import BotOptions, SwitchboardBot, point_at
 from bots.discord.rest import NETWORK_ERRORS
-from core.config import Config
+from core.config import Config, DiscordOptions
 from core.errors import ConfigError
 from core.settings import Settings
 
@@ -42,10 +43,10 @@ def _token(settings: Settings) -> str:
     return settings.discord_bot_token.get_secret_value()
 
 
-async def _logged_in(settings: Settings, config: Config) -> SwitchboardBot:
+async def _logged_in(settings: Settings, options: DiscordOptions) -> SwitchboardBot:
     """A REST-only client with the adapter's commands; refused token → ``ConfigError``."""
     point_at(settings)
-    bot = SwitchboardBot(BotOptions.of(settings, config.discord), services=None)
+    bot = SwitchboardBot(BotOptions.of(settings, options), services=None)
     try:
         await bot.login(_token(settings))
     except discord.LoginFailure as exc:
@@ -59,7 +60,7 @@ async def _logged_in(settings: Settings, config: Config) -> SwitchboardBot:
 
 async def sync_commands(settings: Settings, config: Config, guild_id: int | None) -> list[str]:
     """Register the slash commands (in ``guild_id`` only, when given); returns their names."""
-    bot = await _logged_in(settings, config)
+    bot = await _logged_in(settings, config.discord)
     try:
         guild = discord.Object(id=guild_id) if guild_id is not None else None
         if guild is not None:
@@ -84,19 +85,19 @@ class DiscordProbe:
         return invite_url(self.application_id) if self.application_id is not None else None
 
 
-async def probe(settings: Settings, config: Config) -> DiscordProbe:
-    """Log in over REST and compare the application's settings with the config."""
+async def probe(settings: Settings, options: DiscordOptions) -> DiscordProbe:
+    """Log in over REST and compare the application's settings with ``options``."""
     try:
-        bot = await _logged_in(settings, config)
+        bot = await _logged_in(settings, options)
     except ConfigError as exc:
-        return DiscordProbe(problems=exc.problems)
+        return DiscordProbe(problems=[f"discord: {problem}" for problem in exc.problems])
     except (discord.HTTPException, *NETWORK_ERRORS) as exc:
-        return DiscordProbe(problems=[f"Discord: cannot log in at {settings.discord_api_url} ({type(exc).__name__})"])
+        return DiscordProbe(problems=[f"discord: cannot log in at {settings.discord_api_url} ({type(exc).__name__})"])
     try:
         flags = bot.application_flags
         enabled = flags.gateway_message_content or flags.gateway_message_content_limited
         problems = []
-        if config.discord.message_content and not enabled:
+        if options.message_content and not enabled:
             problems.append("discord.message_content: the Message Content intent is off in the developer portal "
                             "(Bot → Privileged Gateway Intents): enable it, or set discord.message_content: false "
                             "(people then mention the bot in its threads)")
@@ -105,3 +106,18 @@ async def probe(settings: Settings, config: Config) -> DiscordProbe:
                             message_content_enabled=enabled)
     finally:
         await bot.close()
+
+
+async def check(settings: Settings, config: Config | None) -> list[str]:
+    """``switchboard check`` for Discord: prints ``ok`` lines and the invite URL; returns one line per problem."""
+    options = config.discord if config is not None else DiscordOptions()
+    result = await probe(settings, options)
+    if result.application_id is None:
+        return result.problems
+    print(f"ok   discord bot {result.bot_name} (application {result.application_id})")
+    if result.message_content_enabled:
+        print("ok   discord Message Content intent enabled: the bot reads its threads without a mention")
+    elif not options.message_content:
+        print("ok   discord without the Message Content intent: people mention the bot in its threads")
+    print(f"     discord invite URL: {result.invite_url}")
+    return result.problems

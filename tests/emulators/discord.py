@@ -37,6 +37,7 @@ from aiohttp import WSMsgType, web
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 MESSAGE_CONTENT_INTENT = 1 << 15
+GATEWAY_MESSAGE_CONTENT_FLAG = 1 << 18  # application flag: the intent is enabled in the developer portal
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 ALL_PERMISSIONS = (1 << 50) - 1
@@ -484,7 +485,7 @@ class DiscordEmulator:
         mine = [g for g in self.guilds if (int(g) >> 22) % session.shard[1] == session.shard[0]]
         ready = {"v": 10, "user": self.bot, "guilds": [{"id": g, "unavailable": True} for g in mine],
                  "session_id": session.session_id, "resume_gateway_url": self.gateway_url,
-                 "shard": list(session.shard), "application": {"id": self.app_id, "flags": 0},
+                 "shard": list(session.shard), "application": {"id": self.app_id, "flags": self._app_flags()},
                  "private_channels": [], "relationships": [], "presences": [], "guild_join_requests": [],
                  "geo_ordered_rtc_regions": [], "auth": {}, "user_settings": {}, "session_type": "normal"}
         await self._send_dispatch(session, "READY", ready)
@@ -571,8 +572,11 @@ class DiscordEmulator:
         owner = self._user_payload(self.new_id(), "owner")
         return _json({"id": self.app_id, "name": "Switchboard", "icon": None, "description": "", "summary": "",
                       "bot_public": True, "bot_require_code_grant": False, "owner": owner, "verify_key": "0" * 64,
-                      "flags": 0, "team": None, "bot": self.bot, "rpc_origins": [], "redirect_uris": [],
+                      "flags": self._app_flags(), "team": None, "bot": self.bot, "rpc_origins": [], "redirect_uris": [],
                       "interactions_endpoint_url": None, "tags": []})
+
+    def _app_flags(self) -> int:
+        return GATEWAY_MESSAGE_CONTENT_FLAG if self.message_content_allowed else 0
 
     async def _get_gateway_bot(self, _request: web.Request, _body: Any) -> web.Response:
         return _json({"url": self.gateway_url, "shards": self.shard_count,

@@ -4,6 +4,7 @@ core's runtime on a real Redis, the real ``openai`` SDK against the Assistants e
 from __future__ import annotations
 
 import asyncio
+import re
 import warnings
 
 with warnings.catch_warnings():
@@ -23,7 +24,7 @@ from bots.discord import DiscordAdapter
 from bots.discord.sink import LIMIT_CHARS
 from core.emulator.script import long_answer
 from tests.conftest import RedisServer
-from tests.emulators.discord import EPHEMERAL, DiscordEmulator, EmuMessage
+from tests.emulators.discord import EPHEMERAL, DiscordEmulator, EmuMessage, RestCall
 from tests.integration.harness import Stack, open_stack
 
 MANAGE_GUILD = 1 << 5
@@ -112,13 +113,14 @@ async def test_ask_defers_opens_a_thread_and_streams_the_answer_into_it(env: Env
 
     assert interaction.ack_type == 5 and interaction.acked_at is not None
     assert interaction.acked_at - interaction.dispatched_at < 3.0
-    first = emu.calls[emu.calls.index(next(c for c in emu.calls if "/interactions/" in c.path))]
-    assert first.method == "POST" and first.json == {"type": 5}  # the defer, before anything else of /ask
+    kinds = [_kind(call, thread["id"]) for call in emu.calls if call.at >= interaction.dispatched_at]
+    assert kinds[:3] == ["defer", "opener", "thread"]  # the defer before anything else
+    assert kinds.count("post") == 1 and set(kinds[3:]) == {"typing", "post", "edit"}, kinds
     assert thread["name"] == "hello there !slow=2.4" and thread["id"] == interaction.original_id
     opener = emu.messages[interaction.original_id]
     assert opener.content.startswith(f"<@{emu.user_id}> asked:\n> hello there")
     assert [m.id for m in emu.bot_messages(thread["id"])] == [answer.id]  # exactly one answer
-    assert len(answer.history) >= 3, answer.history  # posted, then grown by edits
+    assert len(answer.history) >= 2, answer.history  # posted with the first words, then grown by edits
     assert all(said("hello there")(h) or len(h) < len(answer.content) for h in answer.history)
     assert emu.calls_to("POST", rf"^/channels/{thread['id']}/typing$")
 
@@ -206,12 +208,13 @@ async def test_two_quick_messages_in_a_thread_are_answered_in_order(env: Env) ->
 
 async def test_rate_limited_edits_are_retried_and_the_answer_completes(env: Env) -> None:
     emu = env.emu
-    limited = emu.rate_limit_edits(times=2, retry_after_s=0.2)
     await emu.slash("ask", prompt("slowly please !slow=2.4"))
     [thread] = await _threads(emu)
+    limited = emu.rate_limit_edits(times=2, retry_after_s=0.2)  # the answer's edits, not the opener's
     answer = await env.answer(thread["id"], said("slowly please"))
     assert limited.times == 0
-    assert [c.status for c in emu.calls if c.status == 429] == [429, 429]
+    refused = [c for c in emu.calls if c.status == 429]
+    assert [(c.method, c.path) for c in refused] == [("PATCH", f"/channels/{thread['id']}/messages/{answer.id}")] * 2
     assert len(emu.bot_messages(thread["id"])) == 1 and said("slowly please")(answer.content)
 
 
@@ -243,6 +246,17 @@ async def test_assistant_use_is_core_s_answer_for_now(env: Env) -> None:
                                   subcommand="use", permissions=MANAGE_GUILD)
     await emu.wait_until(lambda: bool(interaction.original_id and emu.messages[interaction.original_id].content))
     assert "not available yet" in emu.messages[interaction.original_id or ""].content
+
+
+def _kind(call: RestCall, thread_id: str) -> str:
+    routes = {("POST", r"/interactions/\d+/[^/]+/callback"): "defer",
+              ("PATCH", r"/webhooks/\d+/[^/]+/messages/@original"): "opener",
+              ("POST", r"/channels/\d+/messages/\d+/threads"): "thread",
+              ("POST", rf"/channels/{thread_id}/typing"): "typing",
+              ("POST", rf"/channels/{thread_id}/messages"): "post",
+              ("PATCH", rf"/channels/{thread_id}/messages/\d+"): "edit"}
+    return next((kind for (method, path), kind in routes.items()
+                 if call.method == method and re.fullmatch(path, call.path)), str(call))
 
 
 async def _threads(emu: DiscordEmulator, count: int = 1) -> list[dict[str, Any]]:
