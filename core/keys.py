@@ -12,6 +12,7 @@ its partition's work stream share the tag ``{<prefix>:<partition>}``.
 | ``{t}:lease:<conversation>``          | string | ``lease_ttl_s``, renewed while a run works  |
 | ``{t}:msg:<message id>``              | hash   | ``MESSAGE_PENDING_TTL_S``, then ``dedupe_ttl_s`` once answered |
 | ``{t}:seen:<platform>:<event id>``    | string | ``dedupe_ttl_s``                          |
+| ``{t}:replay:<thread id>``            | string | ``conversation_ttl_s`` (history of a ``state: replay`` backend) |
 | ``<prefix>:binding:{<plat>:<ws>}:<channel>`` | string | none (admin decisions are kept)    |
 | ``<prefix>:assistant:<backend>:<profile>``   | hash   | none (mirrors the backend's assistant) |
 """
@@ -59,6 +60,10 @@ class Keys:
 
     def seen(self, conversation: str, platform: str, event_id: str) -> str:
         return f"{self._tag_for(conversation)}:seen:{platform}:{event_id}"
+
+    def replay(self, conversation: str, thread_id: str) -> str:
+        """The history a ``state: replay`` backend keeps for one thread of ``conversation``."""
+        return f"{self._tag_for(conversation)}:replay:{thread_id}"
 
     def binding(self, platform: str, workspace: str, channel: str) -> str:
         """``channel`` is ``*`` for the workspace/guild default."""

@@ -40,6 +40,10 @@ class Turn(BaseModel):
     thread_id: str | None
     text: str
     message_id: str
+    conversation: str | None = None
+    """The conversation's key, for state a backend keeps in Redis beside it (``state: replay``)."""
+    lease_token: str | None = None
+    """The engine's lease on the conversation: a backend's own Redis writes are fenced by it."""
 
 
 class Backend(Protocol):
