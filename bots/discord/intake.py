@@ -56,7 +56,7 @@ class Intake:
             reference = new_reference()
             log.error("message not accepted: store unavailable", extra={
                 "event": "discord_intake_failed", "reference": reference, "conversation": message.conversation,
-                "event_id": message.event_id, "error": str(exc)})
+                "event_id": message.event_id, "error": type(exc).__name__})
             return f"⚠️ {exc.user_message} (ref {reference})"
         return None
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from core.errors import StoreUnavailable
+from core.models import InboundMessage
 from tests.emulators.discord import DiscordEmulator
 from tests.integration import test_discord
 from tests.integration.test_discord import Env, prompt, said
@@ -139,3 +142,32 @@ async def test_a_process_runs_only_its_shard_ids(make_env: Callable[..., Any]) -
     emu = DiscordEmulator(shard_count=2)
     await make_env(emulator=emu, discord_config={"shard_count": 2, "shard_ids": [1]}, wait_shards=1)
     assert [i["shard"] for i in emu.identifies] == [[1, 2]]
+
+
+async def test_bad_input_is_refused_with_core_s_words(make_env: Callable[..., Any]) -> None:
+    env = await make_env(gateway={"max_message_chars": 20})
+    emu = env.emu
+    asked = await emu.user_message("this message is longer than twenty characters", mention_bot=True)
+    refusal = await env.answer(emu.channel_id, lambda c: c.startswith("That message is too long"))
+    assert refusal.reference_id == asked
+    await emu.slash("ask", prompt("and so is this prompt, by far"))
+    await emu.wait_until(lambda: len(emu.threads()) == 1)
+    [thread] = emu.threads()
+    await env.answer(thread["id"], lambda c: c.startswith("That message is too long"))
+
+
+async def test_store_down_tells_the_person_with_a_reference(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis itself going down is the recovery issue's; here core's intake raises what it raises then."""
+    emu = env.emu
+
+    async def store_down(message: InboundMessage) -> None:
+        raise StoreUnavailable("Redis unreachable: ConnectionError")
+
+    monkeypatch.setattr(env.stack.runtime.gateway, "accept", store_down)
+    asked = await emu.user_message("anyone home?", mention_bot=True)
+    refusal = await env.answer(emu.channel_id, lambda c: "storage is unavailable" in c)
+    assert refusal.reference_id == asked
+    assert re.search(r"\(ref SB-[A-Z0-9]{8}\)$", refusal.content)
+    monkeypatch.undo()
+    await emu.user_message("back again", mention_bot=True)
+    await env.answer(emu.channel_id, said("back again"))
