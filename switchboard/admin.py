@@ -94,6 +94,18 @@ async def _check_platforms(settings: Settings, config: Config | None) -> list[st
     return problems
 
 
+async def discord_sync(settings: Settings, config: Config, guild_id: int | None) -> int:
+    """``switchboard discord sync [--guild ID]``: register /ask and /assistant with Discord."""
+    if not settings.discord_enabled:
+        raise SwitchboardError("DISCORD_BOT_TOKEN is not set")
+    from bots.discord import sync_commands
+
+    names = await sync_commands(settings, config, guild_id)
+    where = f"guild {guild_id}" if guild_id else "globally (may take up to an hour to appear)"
+    print(f"synced {', '.join('/' + n for n in names)} {where}")
+    return 0
+
+
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.AuthenticationError):
         return "the API key was refused (HTTP 401)"

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     assistants.add_parser("sync", help="create/update the assistants that profiles define")
     assistants.add_parser("list", help="list the assistants on every backend in use")
+    discord = sub.add_parser("discord", help="Discord setup").add_subparsers(dest="action", required=True)
+    sync = discord.add_parser("sync", help="register the slash commands (globally, or on one guild for development)")
+    sync.add_argument("--guild", type=int, help="guild ID: commands appear there at once (global takes up to an hour)")
     bindings = sub.add_parser("bindings", help="which profile answers where").add_subparsers(
         dest="action", required=True)
     bindings.add_parser("list", help="bindings from config and from admins")
@@ -105,6 +108,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run(lambda: admin.assistants(settings, config, args.action))
     if command == "bindings":
         return _run(lambda: admin.bindings(settings, config, args))
+    if command == "discord":
+        return _run(lambda: admin.discord_sync(settings, config, args.guild))
     raise AssertionError(command)
 
 

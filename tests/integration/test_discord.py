@@ -5,13 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import warnings
-
-with warnings.catch_warnings():
-    # discord.py imports the stdlib's deprecated audioop (voice support) at import time.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord  # noqa: F401
-
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-
-with warnings.catch_warnings():
-    # discord.py imports the stdlib's deprecated audioop (voice support) at import time.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord  # noqa: F401
 
 from bots.discord import check, invite_url, sync_commands
 from core.config import Config, DiscordOptions

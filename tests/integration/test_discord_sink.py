@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 from collections.abc import AsyncIterator
 
+import discord
 import pytest
-
-with warnings.catch_warnings():
-    # discord.py imports the stdlib's deprecated audioop (voice support) at import time.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord
 
 from bots.discord import sink as sink_module
 from bots.discord.client import intents_for

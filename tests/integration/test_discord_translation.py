@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-
-with warnings.catch_warnings():
-    # discord.py imports the stdlib's deprecated audioop (voice support) at import time.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    import discord  # noqa: F401
 
 from bots.discord import INVITE_PERMISSIONS, invite_url
 from bots.discord.markup import to_discord
