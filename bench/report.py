@@ -1,0 +1,140 @@
+"""The table the harness prints, the machine it ran on, and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import REPO
+
+METHODS = (
+    "ack: time from POSTing a signed event to the gateway's HTTP response, as the sender sees it (open loop).",
+    "added: event sent -> the Slack write after which the whole answer shows (chat.stopStream, or the last "
+    "chat.update/postMessage), minus the Assistants emulator's backend_s for that run.",
+    "CPU: utime+stime of the gateway process (/proc/<pid>/stat) over the phase / answered messages.",
+    "round trips: a TCP proxy between gateway and Redis counts request/response exchanges (a pipeline or "
+    "MULTI block sent in one write is one); commands sent are counted there, commands executed "
+    "(Lua scripts' inner calls included) come from INFO commandstats.",
+    "RSS: gateway VmRSS growth after creating N one-message conversations (after a warm-up), per conversation.",
+    "throughput: open-loop steps of rising rate; the last one with every message answered, ack p99 <= 100 ms "
+    "and added p99 <= 1 s.",
+)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "")
+    return {"cores": os.cpu_count(), "cpu": model, "platform": platform.platform(),
+            "python": platform.python_version(), "memory_gb": _memory_gb()}
+
+
+def _memory_gb() -> float | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    kb = int(meminfo.read_text().split("MemTotal:", 1)[1].split()[0])
+    return round(kb / 2**20, 1)
+
+
+def commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip()
+
+    return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--", "core",
+                                                                             "bots", "switchboard"))}
+
+
+def _triple(spread: dict[str, Any] | None) -> str:
+    if not spread or spread.get("p50") is None:
+        return "-"
+    return f"{spread['p50']:.1f} / {spread['p99']:.1f} / {spread['max']:.1f}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("ok" if ok else "MISS")
+
+
+def _le(value: Any, limit: float) -> bool | None:
+    return None if value is None else bool(value <= limit)
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, measured, target, verdict) for every phase that ran."""
+    out: list[tuple[str, str, str, str]] = []
+    ack, conc = results.get("ack"), results.get("concurrent")
+    if ack:
+        p99 = ack["ack_ms"]["p99"]
+        out.append((f"ack latency p50/p99/max, {ack['rate']:g} events/s (ms)", _triple(ack["ack_ms"]),
+                    "p99 <= 20", _verdict(_le(p99, 20))))
+    if conc:
+        added = conc["added_ms"]
+        ok = None if added["p50"] is None else added["p50"] <= 10 and added["p99"] <= 50
+        out.append((f"added latency p50/p99/max, {conc['conversations']} conversations (ms)", _triple(added),
+                    "p50 <= 10, p99 <= 50", _verdict(ok)))
+    load = conc or ack
+    if load:
+        where = "concurrent" if conc else "ack"
+        out.append((f"gateway CPU per message ({where}) (ms)", f"{load['gateway_cpu_ms_per_msg']:.2f}", "<= 3",
+                    _verdict(_le(load["gateway_cpu_ms_per_msg"], 3))))
+        trips = load.get("redis_round_trips_per_msg")
+        out.append((f"Redis round trips per message ({where})", "-" if trips is None else f"{trips:.2f}", "<= 6",
+                    _verdict(_le(trips, 6))))
+        sent = load.get("redis_commands_sent_per_msg")
+        executed = load["redis_commands_executed_per_msg"]
+        out.append((f"Redis commands per message, sent / executed ({where})",
+                    f"{'-' if sent is None else f'{sent:.1f}'} / {executed:.1f}", "", ""))
+    if mem := results.get("memory"):
+        out.append((f"gateway RSS per idle conversation, N={mem['conversations']} (KB)",
+                    f"{mem['gateway_rss_kb_per_conversation']:.2f}", "<= 20",
+                    _verdict(_le(mem["gateway_rss_kb_per_conversation"], 20))))
+        out.append(("Redis memory per idle conversation (KB)", f"{mem['redis_kb_per_conversation']:.2f}", "", ""))
+    if tp := results.get("throughput"):
+        value = f"{tp['messages_per_s']:g}" if tp["limit_reached"] else f">= {tp['messages_per_s']:g}"
+        out.append(("throughput, ack p99 <= 100 ms and answers keep up (msg/s)", value, "", ""))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = rows(results)
+    header = ("metric", "measured", "target", "")
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(4)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*header).rstrip(), rule, *(fmt.format(*r).rstrip() for r in lines)])
+
+
+def render(document: dict[str, Any], path: Path | None) -> str:
+    m, settings = document["machine"], document["settings"]
+    sha = document["commit"]["sha"][:12] + (" (+ uncommitted changes)" if document["commit"]["dirty"] else "")
+    head = [
+        f"Switchboard benchmark ({settings['mode']}) — {m['cores']} cores, {m['cpu'] or 'unknown CPU'}, "
+        f"Python {m['python']}, Redis {document['redis_version']}; commit {sha}",
+        f"backend: Assistants emulator, latency {settings['latency_s']:g} s, {settings['chunks']} chunks per answer; "
+        f"Redis via {'the counting proxy' if not settings['direct_redis'] else 'a direct connection'}",
+        "",
+    ]
+    notes = ["", *(f"- {line}" for line in METHODS)]
+    harness = [r.get("harness_cpu_utilization") for r in document["results"].values() if isinstance(r, dict)]
+    busy = max((h for h in harness if h is not None), default=None)
+    if busy is not None:
+        notes.append(f"- the harness (emulators + sender) used up to {busy:.0%} of a core; "
+                     "near 100% it would be the bottleneck.")
+    if path is not None:
+        notes.append(f"- every number: {path}")
+    return "\n".join([*head, table(document["results"]), *notes])
+
+
+def write_json(document: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    return path
