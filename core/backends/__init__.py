@@ -9,6 +9,8 @@ from openai import AsyncOpenAI
 
 from core.backends.assistants import AssistantsBackend
 from core.backends.catalog import AssistantCatalog
+from core.backends.responses import ConversationsBackend, ResponsesBackend
+from core.backends.responses_history import Budget, ReplayHistory
 from core.config import BackendConfig, Config
 from core.errors import ConfigError
 from core.keys import Keys
@@ -46,22 +48,35 @@ def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncO
     )
 
 
+def responses_backend(
+    name: str, conf: BackendConfig, client: AsyncOpenAI, *, config: Config, redis: aioredis.Redis, keys: Keys,
+) -> ResponsesBackend:
+    """A ``kind: responses`` backend; ``state: replay`` keeps its history in Redis for as long as conversations."""
+    if conf.state == "conversations":
+        return ConversationsBackend(name=name, client=client, tools=config.tools)
+    history = None
+    if conf.state == "replay":
+        budget = Budget(max_messages=conf.replay_max_messages, max_chars=conf.replay_max_chars)
+        history = ReplayHistory(redis, keys=keys, budget=budget, ttl_s=config.gateway.conversation_ttl_s)
+    return ResponsesBackend(name=name, client=client, state=conf.state, tools=config.tools, history=history)
+
+
 def build_backends(*, config: Config, settings: Settings, redis: aioredis.Redis, keys: Keys) -> BackendSet:
     """Backends for every backend a profile uses. Raises ``ConfigError`` listing every problem."""
     problems: list[str] = []
     result = BackendSet({}, {}, {})
     for name in sorted(used_backends(config)):
         conf = config.backends[name]
-        if conf.kind != "assistants":
-            problems.append(f"backends.{name}.kind: {conf.kind!r} is not supported by this version")
-            continue
         try:
             client = make_client(name, conf, settings)
         except ConfigError as exc:
             problems += exc.problems
             continue
-        catalog = AssistantCatalog(backend=name, client=client, redis=redis, keys=keys, tools=config.tools)
         result.clients[name] = client
+        if conf.kind == "responses":
+            result.backends[name] = responses_backend(name, conf, client, config=config, redis=redis, keys=keys)
+            continue
+        catalog = AssistantCatalog(backend=name, client=client, redis=redis, keys=keys, tools=config.tools)
         result.catalogs[name] = catalog
         result.backends[name] = AssistantsBackend(name=name, client=client, catalog=catalog)
     if problems:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from core.emulator import script, wire
 from core.emulator.engine import DROP, RunEngine
+from core.emulator.responses import ResponsesApi
 from core.emulator.store import EmulatorState, RecordedRequest, RunRec
 from core.emulator.wire import ApiError, Obj
 
@@ -45,12 +46,14 @@ class AssistantsEmulator:
         self.engine = RunEngine(self.state, chunks=chunks, latency_s=latency_s)
         self.base_url = ""
         self._api = _Api(self.state, self.engine)
+        self.responses = ResponsesApi(chunks=chunks, latency_s=latency_s)
+        """The Responses and Conversations APIs, served at the same base URL."""
         self._runner: web.AppRunner | None = None
 
     @property
     def backend_seconds(self) -> float:
-        """Total seconds spent in scripted latency and ``!slow`` sleeps, over all runs."""
-        return self.engine.backend_seconds
+        """Total seconds spent in scripted latency and ``!slow`` sleeps, over all runs and responses."""
+        return self.engine.backend_seconds + self.responses.backend_seconds
 
     def fail_next(self, status: int, count: int = 1) -> None:
         """The next ``count`` requests answer ``status`` with an OpenAI error body
@@ -62,7 +65,9 @@ class AssistantsEmulator:
         return self.state.runs[run_id]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self._api.app(), access_log=None)
+        app = self._api.app()
+        self.responses.mount(app)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
