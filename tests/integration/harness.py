@@ -1,9 +1,14 @@
-"""Full-stack test harness: real Redis, the Assistants API emulator, real tool endpoints, core.
+"""Full-stack test harness: real Redis, the API emulator, real tool endpoints, core.
 
 ``open_stack`` yields a running ``Stack``: core's runtime (store, gateway, engine, a worker
 task) talking to the emulator through the real ``openai`` SDK over HTTP. Adapters' tests build
 their adapter on ``stack.runtime.gateway``; core's tests use ``RecordingSinks``, an in-memory
 ``ReplySinkFactory`` registered as the ``console`` platform.
+
+``backend`` chooses what answers the ``helper`` profile (one of ``BACKENDS``): the Assistants
+API, or the Responses API in one of its three state modes. For ``previous_response_id`` the
+emulator has no Conversations API, and for ``replay`` it also stores no responses, so each mode
+is proven not to lean on what such servers lack.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 
 TOOL_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXN3aXRjaGJvYXJkLXRlc3Rz"
+BACKENDS = ("assistants", "responses:conversations", "responses:previous_response_id", "responses:replay")
+RESPONSES_BACKEND = "responses"
+"""The backend name the ``helper`` profile uses when ``backend`` is a Responses mode."""
+
+
+def backend_name(backend: str) -> str:
+    return "default" if backend == "assistants" else RESPONSES_BACKEND
 
 
 @dataclass
@@ -124,7 +136,8 @@ class ToolEndpoints:
         return web.json_response({"output": {"echo": (await request.json())["arguments"]}})
 
 
-def stack_config(*, weather_url: str, tools_base: str, extra: dict[str, Any] | None = None) -> Config:
+def stack_config(*, weather_url: str, tools_base: str, extra: dict[str, Any] | None = None,
+                 backend: str = "assistants") -> Config:
     broken = {
         name: {"url": f"{tools_base}/{kind}", "timeout_s": 0.5, "max_response_bytes": 10_000,
                "parameters": {"type": "object", "properties": {}}}
@@ -137,10 +150,12 @@ def stack_config(*, weather_url: str, tools_base: str, extra: dict[str, Any] | N
             "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
                            "required": ["location"]}}, **broken},
         "profiles": {"helper": {"model": "emulator-1", "instructions": "Be helpful.",
-                                "tools": ["get_weather", *broken]}},
+                                "tools": ["get_weather", *broken], "backend": backend_name(backend)}},
         "bindings": {"default": "helper"},
         "gateway": {"lease_ttl_s": 5, "run_timeout_s": 20},
     }
+    if backend != "assistants":
+        raw["backends"] = {RESPONSES_BACKEND: {"kind": "responses", "state": backend.split(":", 1)[1]}}
     for key, value in (extra or {}).items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(raw, source="(test config)", env={})
@@ -154,6 +169,25 @@ class Stack:
     tools: ToolEndpoints
     sinks: RecordingSinks
     settings: Settings
+    backend: str = "assistants"
+    """One of ``BACKENDS``."""
+
+    @property
+    def state_mode(self) -> str | None:
+        """``conversations``, ``previous_response_id``, ``replay``, or None on the Assistants API."""
+        return self.backend.split(":", 1)[1] if ":" in self.backend else None
+
+    async def contexts(self) -> int:
+        """How many conversation contexts the backend holds: threads, Conversations objects,
+        response chains (responses that chain from none), or replayed histories in Redis."""
+        responses = self.emulator.responses.state
+        if self.state_mode is None:
+            return len(self.emulator.state.threads)
+        if self.state_mode == "conversations":
+            return len(responses.conversations)
+        if self.state_mode == "previous_response_id":
+            return sum(1 for r in responses.created if r.obj["previous_response_id"] is None)
+        return len([key async for key in self.runtime.store.redis.scan_iter(match="*:replay:*")])
 
     async def send(self, text: str, *, conversation: str = "console:t:c1", event_id: str | None = None,
                    user: str = "U1", profile: str | None = None) -> str:
@@ -176,22 +210,26 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def open_stack(redis_url: str, *, chunks: int = 4, extra_config: dict[str, Any] | None = None,
-                     expiry_s: float = 600.0) -> AsyncIterator[Stack]:
+                     expiry_s: float = 600.0, backend: str = "assistants") -> AsyncIterator[Stack]:
     tools = ToolEndpoints()
     await tools.start()
     try:
         async with AssistantsEmulator(chunks=chunks, expiry_s=expiry_s) as emulator, \
                 DemoToolServer(secret=TOOL_SECRET) as weather:
+            if backend != "assistants":
+                emulator.responses.state.conversations_enabled = backend == "responses:conversations"
+                emulator.responses.state.store_enabled = backend != "responses:replay"
             settings = Settings(OPENAI_BASE_URL=emulator.base_url, OPENAI_API_KEY=SecretStr("test-key"),
                                 REDIS_URL=redis_url)
-            config = stack_config(weather_url=weather.url, tools_base=tools.base_url, extra=extra_config)
+            config = stack_config(weather_url=weather.url, tools_base=tools.base_url, extra=extra_config,
+                                  backend=backend)
             async with open_runtime(settings, config, redis_url=redis_url) as runtime:
                 sinks = RecordingSinks()
                 runtime.gateway.register_platform("console", sinks)
                 runtime.worker.read_block_ms = 200  # quicker teardown: reads are never cancelled
                 worker = asyncio.create_task(runtime.worker.run())
                 try:
-                    yield Stack(runtime, emulator, weather, tools, sinks, settings)
+                    yield Stack(runtime, emulator, weather, tools, sinks, settings, backend)
                 finally:
                     await runtime.worker.drain(0)
                     await worker
