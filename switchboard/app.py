@@ -103,8 +103,14 @@ async def run_console(settings: Settings, config: Config, *, profile: str | None
             await worker
 
 
-def demo_config(*, tool_url: str, tool_secret: str, model: str) -> Config:
+DEMO_BACKENDS = ("assistants", "responses")
+
+
+def demo_config(*, tool_url: str, tool_secret: str, model: str, backend: str = "assistants") -> Config:
+    """The demo's one profile, on the Assistants API (``default``) or the Responses API with Conversations."""
+    backends = {"responses": {"kind": "responses", "state": "conversations"}} if backend == "responses" else {}
     return parse_config({
+        "backends": backends,
         "tools": {"get_weather": {
             "description": "Current weather for a city",
             "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
@@ -112,7 +118,8 @@ def demo_config(*, tool_url: str, tool_secret: str, model: str) -> Config:
             "url": tool_url, "timeout_s": 10, "secret": tool_secret,
         }},
         "profiles": {"demo": {
-            "backend": "default", "model": model, "name": "Switchboard demo",
+            "backend": "responses" if backend == "responses" else "default", "model": model,
+            "name": "Switchboard demo",
             "instructions": "You are Switchboard's demo assistant. Use get_weather for weather questions.",
             "tools": ["get_weather"],
         }},
@@ -133,27 +140,29 @@ async def _demo_redis(settings: Settings) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _demo_backend(settings: Settings) -> AsyncIterator[Settings]:
+async def _demo_backend(settings: Settings, backend: str) -> AsyncIterator[Settings]:
+    api = "Responses API (with Conversations)" if backend == "responses" else "Assistants API"
     if settings.openai_api_key is not None:
         where = settings.openai_base_url or "OpenAI's API"
-        print(f"• Assistant backend: {where} (OPENAI_API_KEY is set)")
+        print(f"• Assistant backend: the {api} at {where} (OPENAI_API_KEY is set)")
         yield settings
         return
     async with AssistantsEmulator(chunks=12, latency_s=0.05) as emulator:
-        print(f"• Assistant backend: the local Assistants API emulator at {emulator.base_url}\n"
+        print(f"• Assistant backend: the local {api} emulator at {emulator.base_url}\n"
               "  (scripted replies; set OPENAI_API_KEY to use a real backend)")
         yield settings.model_copy(update={"openai_base_url": emulator.base_url,
                                           "openai_api_key": SecretStr("emulator")})
 
 
-async def run_demo(settings: Settings, *, model: str) -> None:
-    """``switchboard demo``: Redis, a signed sample tool, the emulator unless a key is set, and the console."""
+async def run_demo(settings: Settings, *, model: str, backend: str = "assistants") -> None:
+    """``switchboard demo``: Redis, a signed sample tool, the emulator unless a key is set, and the console.
+    ``backend`` is ``assistants`` or ``responses`` (the emulator serves both)."""
     print("Switchboard demo — everything runs on this machine.")
     tool_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     async with _demo_redis(settings) as redis_url, DemoToolServer(secret=tool_secret) as tool, \
-            _demo_backend(settings) as backend_settings:
+            _demo_backend(settings, backend) as backend_settings:
         print(f"• Tool endpoint: get_weather → {tool.url} (Standard Webhooks signed)")
         print("Try: “hello”, then “what's the weather in Paris?”\n")
         sys.stdout.flush()
-        config = demo_config(tool_url=tool.url, tool_secret=tool_secret, model=model)
+        config = demo_config(tool_url=tool.url, tool_secret=tool_secret, model=model, backend=backend)
         await run_console(backend_settings, config, profile="demo", redis_url=redis_url)

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     console.add_argument("--profile", help="profile to chat with (default: the global binding)")
     demo = sub.add_parser("demo", help="everything local, no credentials needed")
     demo.add_argument("--model", default="gpt-4.1-mini", help="model for the demo profile on a real backend")
+    demo.add_argument("--backend", choices=app.DEMO_BACKENDS, default="assistants",
+                      help="the API the demo profile uses: assistants, or responses (with Conversations)")
     sub.add_parser("check", help="validate config and reach every dependency")
     assistants = sub.add_parser("assistants", help="assistants defined in config").add_subparsers(
         dest="action", required=True)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "demo":
-        return _run(lambda: app.run_demo(settings, model=args.model))
+        return _run(lambda: app.run_demo(settings, model=args.model, backend=args.backend))
     if command == "check":
         return _run(lambda: admin.check(settings))
     config = _load(settings)
