@@ -18,6 +18,7 @@ from core.errors import LeaseLost
 from core.keys import Keys
 from tests.conftest import RedisServer
 from tests.integration.harness import RESPONSES_BACKEND, Stack, open_stack
+from tests.integration.test_cli import clean_env, switchboard
 
 REFERENCE = re.compile(r"\(ref SB-[A-Z0-9]{8}\)")
 MODES = ("conversations", "previous_response_id", "replay")
@@ -188,3 +189,13 @@ async def test_history_writes_are_fenced_by_the_lease(redis_client: aioredis.Red
     with pytest.raises(LeaseLost):
         await history.append("console:t:c1", "replay_1", [{"role": "user", "content": "late"}], lease_token="stale")
     assert await history.load("console:t:c1", "replay_1") == turn
+
+
+async def test_demo_runs_on_the_responses_api() -> None:
+    code, out, err = await switchboard(
+        "demo", "--backend", "responses", env=clean_env(),
+        stdin=b"hello\nagain\nwhat's the weather in Paris?\n/quit\n")
+    assert code == 0, err
+    assert "local Responses API (with Conversations) emulator" in out
+    assert "[emulator] You said: again (message 2 in this thread)" in out
+    assert "tool get_weather" in out and "[emulator] The tool said:" in out
