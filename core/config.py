@@ -118,6 +118,57 @@ def _is_whsec(secret: str) -> bool:
         return False
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$", re.IGNORECASE)
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+               "d": 86_400, "day": 86_400}
+_MAX_RATE_COUNT = 10_000  # each counted message is kept in Redis for the window: bound the memory
+_MAX_RATE_WINDOW_S = 86_400
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` messages in any ``window_s`` seconds."""
+
+    count: int
+    window_s: int
+
+    def __str__(self) -> str:
+        unit = {86_400: "day", 3600: "hour", 60: "minute", 1: "second"}.get(self.window_s)
+        return f"{self.count} per {unit}" if unit else f"{self.count} per {self.window_s} s"
+
+
+def parse_rate(text: str) -> RateLimit:
+    """``"10/minute"``, ``"100/hour"``, ``"5/30s"`` → ``RateLimit``. Raises ``ValueError``."""
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError("must be N/unit, e.g. 10/minute, 100/hour or 5/30s")
+    count, size, unit = int(match.group(1)), int(match.group(2) or 1), match.group(3).lower()
+    window_s = size * _RATE_UNITS[unit]
+    if not 1 <= count <= _MAX_RATE_COUNT or not 1 <= window_s <= _MAX_RATE_WINDOW_S:
+        raise ValueError(f"allows 1 to {_MAX_RATE_COUNT} messages in a window of 1 second to 1 day")
+    return RateLimit(count, window_s)
+
+
+class RateLimitConfig(_Strict):
+    """Messages a profile takes, per person and per channel (each in any sliding window), across processes."""
+
+    per_user: str | None = None
+    per_channel: str | None = None
+
+    @field_validator("per_user", "per_channel")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    def user_limit(self) -> RateLimit | None:
+        return parse_rate(self.per_user) if self.per_user else None
+
+    def channel_limit(self) -> RateLimit | None:
+        return parse_rate(self.per_channel) if self.per_channel else None
+
+
 class ProfileConfig(_Strict):
     """A named assistant: an existing ``assistant_id`` or a definition, plus per-run overrides."""
 
@@ -142,6 +193,8 @@ class ProfileConfig(_Strict):
     max_completion_tokens: int | None = Field(default=None, ge=16)
     truncation_strategy: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # intake
+    rate_limit: RateLimitConfig | None = None
 
     @property
     def is_definition(self) -> bool:
@@ -207,6 +260,8 @@ class GatewayConfig(_Strict):
     lease_ttl_s: float = Field(default=30.0, ge=2)
     dedupe_ttl_s: int = Field(default=86_400, ge=60)
     conversation_ttl_s: int = Field(default=90 * 86_400, ge=3600)
+    # Seconds between checks of the config file for changes (hot reload); 0: only on SIGHUP.
+    config_poll_s: float = Field(default=2.0, ge=0)
 
 
 class RedisConfig(_Strict):
@@ -226,6 +281,7 @@ class RedisConfig(_Strict):
 class SlackOptions(_Strict):
     answer_bots: bool = False
     admins: list[str] = Field(default_factory=list)
+    admin_groups: list[str] = Field(default_factory=list)
 
 
 class DiscordOptions(_Strict):
@@ -251,6 +307,29 @@ class DiscordOptions(_Strict):
         return value
 
 
+class SlackAccess(_Strict):
+    """Where the bot answers on Slack. An empty list allows all; threads follow their channel."""
+
+    workspaces: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    dms: bool = True
+
+
+class DiscordAccess(_Strict):
+    """Where the bot answers on Discord. An empty list allows all; threads follow their parent channel."""
+
+    guilds: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    dms: bool = True
+
+
+class AccessConfig(_Strict):
+    """Allowlists per platform (default: everywhere the bot is installed)."""
+
+    slack: SlackAccess = Field(default_factory=SlackAccess)
+    discord: DiscordAccess = Field(default_factory=DiscordAccess)
+
+
 class Config(_Strict):
     """The whole file. ``backends`` always has ``default`` (kind ``assistants``, from ``OPENAI_*``)."""
 
@@ -262,6 +341,7 @@ class Config(_Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     slack: SlackOptions = Field(default_factory=SlackOptions)
     discord: DiscordOptions = Field(default_factory=DiscordOptions)
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     def model_post_init(self, _context: Any) -> None:
         self.backends.setdefault("default", BackendConfig(kind="assistants"))

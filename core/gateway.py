@@ -4,6 +4,10 @@ Adapters translate a platform event into an ``InboundMessage`` and call ``accept
 acknowledging the event: once ``accept`` returns, the message is durable and will be answered
 exactly once (by this process or another). If it raises ``StoreUnavailable``, nothing was
 recorded and the adapter must not acknowledge success, so the platform delivers it again.
+
+Intake refuses, before anything is recorded, with a ``MessageRejected`` the adapter shows
+(unless ``silent``): bad input, a place the allowlists exclude (``NotEnabledHere``, told once
+per channel a day), and a person or channel over the profile's rate limit (``RateLimited``).
 """
 
 from __future__ import annotations
@@ -11,23 +15,40 @@ from __future__ import annotations
 import logging
 import time
 
+from core import access
+from core.audit import BindingLog
 from core.bindings import Binding, BindingResolver
 from core.config import Config
 from core.errors import SwitchboardError
 from core.metrics import MESSAGES_RECEIVED
 from core.models import InboundMessage, Place
 from core.ports import ReplySinkFactory
+from core.ratelimit import RateLimiter
 from core.store import Accepted, Store
 
 log = logging.getLogger(__name__)
 
 
 class MessageRejected(SwitchboardError):
-    """Bad input (e.g. an oversized message): nothing was recorded; show ``user_message``."""
+    """Bad input (e.g. an oversized message): nothing was recorded; show ``user_message``,
+    unless ``silent`` (the person was already told, e.g. in the same channel a moment ago)."""
 
-    def __init__(self, user_message: str) -> None:
+    def __init__(self, user_message: str, *, silent: bool = False) -> None:
         self.user_message = user_message
+        self.silent = silent
         super().__init__(user_message)
+
+
+class NotEnabledHere(MessageRejected):
+    """The allowlists (config ``access:``) exclude this place: nothing was recorded."""
+
+
+class RateLimited(MessageRejected):
+    """The person or channel is over the profile's rate limit: nothing was recorded or queued."""
+
+    def __init__(self, user_message: str, *, retry_after_s: int) -> None:
+        super().__init__(user_message)
+        self.retry_after_s = retry_after_s
 
 
 class Gateway:
@@ -35,6 +56,8 @@ class Gateway:
         self.store = store
         self._config = config
         self.bindings = BindingResolver(store=store, config=config)
+        self.binding_log = BindingLog(store.redis, keys=store.keys)
+        self.limiter = RateLimiter(store.redis, keys=store.keys)
         self.sinks: dict[str, ReplySinkFactory] = {}
 
     @property
@@ -66,6 +89,7 @@ class Gateway:
         if message.profile is not None and message.profile not in self._config.profiles:
             known = ", ".join(self._config.profiles)
             raise MessageRejected(f"There is no profile {message.profile!r}. Known: {known}.")
+        await self._admit(message)
         accepted = await self.store.accept(message)
         outcome = "duplicate" if accepted.duplicate else "accepted"
         MESSAGES_RECEIVED.labels(platform=platform, outcome=outcome).inc()
@@ -73,6 +97,29 @@ class Gateway:
                                   "conversation": message.conversation, "platform": platform,
                                   "ms": round((time.perf_counter() - started) * 1000, 2)})
         return accepted
+
+    async def _admit(self, message: InboundMessage) -> None:
+        """Raise ``NotEnabledHere`` or ``RateLimited`` if the message must not be taken."""
+        config, place = self._config, message.place
+        if not access.is_allowed(config.access, place):
+            MESSAGES_RECEIVED.labels(platform=place.platform, outcome="not_enabled").inc()
+            first = await access.first_notice(self.store.redis, self.store.keys, place)
+            raise NotEnabledHere(access.refusal(place), silent=not first)
+        if not any(p.rate_limit for p in config.profiles.values()):
+            return  # no limits configured: no Redis round trip
+        profile = message.profile or (await self.bindings.resolve(place)).profile
+        chosen = config.profiles.get(profile)  # None if a reload removed it meanwhile
+        if chosen is None or chosen.rate_limit is None:
+            return
+        refusal = await self.limiter.hit(place=place, profile=profile, limits=chosen.rate_limit,
+                                         event_id=message.event_id)
+        if refusal is not None:
+            MESSAGES_RECEIVED.labels(platform=place.platform, outcome="rate_limited").inc()
+            raise RateLimited(refusal.user_message(), retry_after_s=refusal.retry_after_s)
+
+    def allowed_here(self, place: Place) -> bool:
+        """True if the allowlists let the bot answer at ``place``."""
+        return access.is_allowed(self._config.access, place)
 
     async def has_conversation(self, conversation: str) -> bool:
         """True once any message was accepted for ``conversation`` (e.g. the bot's Slack thread)."""

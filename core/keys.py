@@ -15,6 +15,12 @@ its partition's work stream share the tag ``{<prefix>:<partition>}``.
 | ``{t}:replay:<thread id>``            | string | ``conversation_ttl_s`` (history of a ``state: replay`` backend) |
 | ``<prefix>:binding:{<plat>:<ws>}:<channel>`` | string | none (admin decisions are kept)    |
 | ``<prefix>:assistant:<backend>:<profile>``   | hash   | none (mirrors the backend's assistant) |
+| ``<prefix>:audit:{<plat>:<ws>}``             | stream | none; trimmed to ``AUDIT_MAX_ENTRIES`` (binding changes) |
+| ``<prefix>:notice:{<plat>:<ws>}:<channel>``  | string | ``NOTICE_TTL_S`` (the "not enabled here" notice was given) |
+| ``<prefix>:rate:{<plat>:<ws>}:<profile>:<u|c>:<id>`` | zset | the rate limit's window, renewed per message |
+
+A workspace's binding keys, its audit stream, notices and rate windows share the tag
+``{<plat>:<ws>}``: a binding change and its audit entry are written by one script.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import zlib
 from dataclasses import dataclass
 
 MESSAGE_PENDING_TTL_S = 7 * 86_400
+AUDIT_MAX_ENTRIES = 1000
+"""Binding changes kept per workspace/guild; older entries are trimmed as new ones are added."""
+NOTICE_TTL_S = 86_400
+"""A place where the bot is not enabled is told so at most once in this many seconds."""
 WORK_GROUP = "workers"
 
 
@@ -80,3 +90,21 @@ class Keys:
 
     def assistant(self, backend: str, profile: str) -> str:
         return f"{self.prefix}:assistant:{backend}:{profile}"
+
+    def _workspace_tag(self, platform: str, workspace: str) -> str:
+        return f"{{{platform}:{workspace}}}"
+
+    def audit(self, platform: str, workspace: str) -> str:
+        """Binding changes in one workspace/guild, oldest first (same tag as its binding keys)."""
+        return f"{self.prefix}:audit:{self._workspace_tag(platform, workspace)}"
+
+    def audit_pattern(self) -> str:
+        return f"{self.prefix}:audit:*"
+
+    def notice(self, platform: str, workspace: str, channel: str) -> str:
+        """Set while the "not enabled here" notice given in ``channel`` is recent."""
+        return f"{self.prefix}:notice:{self._workspace_tag(platform, workspace)}:{channel}"
+
+    def rate(self, platform: str, workspace: str, profile: str, kind: str, subject: str) -> str:
+        """The sliding window of ``profile``'s messages by one user (``kind`` ``u``) or in one channel (``c``)."""
+        return f"{self.prefix}:rate:{self._workspace_tag(platform, workspace)}:{profile}:{kind}:{subject}"

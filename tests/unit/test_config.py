@@ -11,13 +11,17 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from core.config import (
+    AccessConfig,
     BackendConfig,
     BindingsConfig,
     Config,
+    DiscordAccess,
     DiscordOptions,
     GatewayConfig,
     ProfileConfig,
+    RateLimitConfig,
     RedisConfig,
+    SlackAccess,
     SlackOptions,
     ToolConfig,
     load_config,
@@ -403,7 +407,8 @@ def _models_used(value: Any, seen: dict[type[BaseModel], set[str]]) -> None:
 
 
 @pytest.mark.parametrize("model", [Config, BackendConfig, ToolConfig, ProfileConfig, BindingsConfig,
-                                   GatewayConfig, RedisConfig, SlackOptions, DiscordOptions])
+                                   GatewayConfig, RedisConfig, SlackOptions, DiscordOptions, RateLimitConfig,
+                                   AccessConfig, SlackAccess, DiscordAccess])
 def test_the_example_config_shows_every_option(model: type[BaseModel]) -> None:
     """Each option is set somewhere in the example, or shown in a commented-out line of its own."""
     seen: dict[type[BaseModel], set[str]] = {}
