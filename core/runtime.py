@@ -3,14 +3,15 @@ for tools, one SDK client per backend — and the core objects built on them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import httpx2
 
 from core.backends import BackendSet, build_backends
-from core.config import Config
+from core.config import Config, ToolConfig
 from core.engine import Engine
 from core.gateway import Gateway
 from core.keys import Keys
@@ -18,6 +19,13 @@ from core.settings import Settings
 from core.store import Store, StoreLimits
 from core.tools import HttpToolRunner
 from core.worker import Worker
+
+
+@runtime_checkable
+class _SendsToolSchemas(Protocol):
+    """A backend (or assistant catalog) that sends the config's tool schemas to the service."""
+
+    tools: Mapping[str, ToolConfig]
 
 
 @dataclass
@@ -36,6 +44,9 @@ class Runtime:
         self.config = config
         self.gateway.apply_config(config)
         self.engine.tools = HttpToolRunner(tools=config.tools, http=self.http)
+        for holder in [*self.backends.catalogs.values(), *self.backends.backends.values()]:
+            if isinstance(holder, _SendsToolSchemas):
+                holder.tools = config.tools
 
 
 def keys_for(config: Config) -> Keys:

@@ -19,6 +19,7 @@ from core.demo_tool import DemoToolServer
 from core.emulator.assistants import AssistantsEmulator
 from core.httpserver import HttpServer, platform_check, redis_check
 from core.ports import PlatformAdapter
+from core.reload import ConfigReloader
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from switchboard.localredis import local_redis
@@ -62,6 +63,12 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def _reload_on_sighup(reloader: ConfigReloader) -> None:
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hangup is not None:
+        asyncio.get_running_loop().add_signal_handler(hangup, reloader.request)
+
+
 async def run_gateway(settings: Settings, config: Config) -> None:
     """``switchboard run``: every configured platform, the HTTP server and the workers."""
     async with open_runtime(settings, config, redis_url=require_redis_url(settings)) as runtime:
@@ -73,14 +80,19 @@ async def run_gateway(settings: Settings, config: Config) -> None:
                             routes=[r for a in adapters for r in a.routes()])
         stop = asyncio.Event()
         _stop_on_signals(stop)
+        reloader = ConfigReloader(settings.config_path, current=lambda: runtime.config, apply=runtime.apply_config,
+                                  running_backends=runtime.backends.backends)
+        _reload_on_sighup(reloader)
         await server.start()
         try:
             async with asyncio.TaskGroup() as group:
                 worker = group.create_task(runtime.worker.run(), name="worker")
+                group.create_task(reloader.run(), name="config-reload")
                 for adapter in adapters:
                     await adapter.start()
                 log.info("gateway running", extra={"event": "started", "platforms": [a.name for a in adapters]})
                 await stop.wait()
+                reloader.stop()
                 log.info("shutting down", extra={"event": "stopping"})
                 await runtime.worker.drain(SHUTDOWN_GRACE_S)
                 await worker

@@ -58,8 +58,7 @@ class DiscordAdapter:
         options = self._config.discord
         bot_options = BotOptions.of(self._settings, options, **{"message_content": message_content,
                                                                  **self._overrides})
-        services = Services(gateway=self._gateway, intake=self._intake, options=options,
-                            message_content=bot_options.message_content)
+        services = Services(gateway=self._gateway, intake=self._intake, message_content=bot_options.message_content)
         return SwitchboardBot(bot_options, services)
 
     async def start(self) -> None:

@@ -4,11 +4,16 @@ Each subcommand defers (ephemerally) before anything else, then hands its text t
 ``core.commands.assistant_command`` with the place and conversation it was run in. The caller's
 rights for ``use`` are read from the interaction itself (Manage Server in that channel, as Discord
 computed it for this member), or the config's ``discord.admins``, at the moment of the call.
+
+Discord applies ``default_member_permissions`` to top-level commands only (a subcommand's is
+ignored), and ``show``/``list``/``reset`` are for everyone: so ``use`` carries no permission
+hint in Discord's UI, and the check above is what guards it.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import discord
 from discord import app_commands
@@ -24,6 +29,8 @@ from core.commands import CommandContext, assistant_command
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
+CLEAR = "--clear"
+CLEAR_CHOICE = app_commands.Choice(name="(clear: fall back to the default)", value=CLEAR)
 
 
 class AssistantCog(commands.GroupCog, group_name="assistant",
@@ -46,16 +53,19 @@ class AssistantCog(commands.GroupCog, group_name="assistant",
         await self._run(interaction, "reset")
 
     @app_commands.command(name="use", description="(Manage Server) Choose the profile answering in this channel")
-    @app_commands.describe(profile="A profile name")
-    async def use(self, interaction: discord.Interaction, profile: str) -> None:
-        await self._run(interaction, f"use {profile}")
+    @app_commands.describe(profile="A profile name", scope="This channel (default), or the whole server's default")
+    async def use(self, interaction: discord.Interaction, profile: str,
+                  scope: Literal["channel", "server"] = "channel") -> None:
+        await self._run(interaction, f"use {profile}" + (" --workspace" if scope == "server" else ""))
 
     @use.autocomplete("profile")
     async def _profile_choices(self, _interaction: discord.Interaction,
                                current: str) -> list[app_commands.Choice[str]]:
         names = need(self._services).gateway.profile_names()
-        hits = [name for name in names if current.lower() in name.lower()]
-        return [app_commands.Choice(name=name, value=name) for name in hits[:MAX_CHOICES]]
+        hits = [app_commands.Choice(name=name, value=name) for name in names if current.lower() in name.lower()]
+        if current.lower() in CLEAR_CHOICE.name:
+            hits.append(CLEAR_CHOICE)
+        return hits[:MAX_CHOICES]
 
     @app_commands.command(name="help", description="What /assistant can do")
     async def help(self, interaction: discord.Interaction) -> None:

@@ -31,7 +31,8 @@ class Intake:
         self._holders: Counter[str] = Counter()
 
     async def submit(self, message: InboundMessage) -> str | None:
-        """Queue ``message`` for an answer. Returns ``None`` once accepted, else what to tell the person.
+        """Queue ``message`` for an answer. Returns ``None`` once accepted (or refused where the person
+        was already told), else what to tell the person.
 
         Discord does not deliver an event twice, so a message the store could not take is lost: the
         person is told to try again, with a reference that is in the logs.
@@ -51,7 +52,7 @@ class Intake:
         try:
             await self._gateway.accept(message)
         except MessageRejected as exc:
-            return exc.user_message
+            return None if exc.silent else exc.user_message
         except StoreUnavailable as exc:
             reference = new_reference()
             log.error("message not accepted: store unavailable", extra={

@@ -22,8 +22,12 @@ FAILURES = (discord.HTTPException, *NETWORK_ERRORS)
 class Services:
     gateway: Gateway
     intake: Intake
-    options: DiscordOptions
     message_content: bool
+
+    @property
+    def options(self) -> DiscordOptions:
+        """The current config's Discord options, read at each event so a config reload applies."""
+        return self.gateway.config.discord
 
     @property
     def mention_needed(self) -> bool:

@@ -62,7 +62,8 @@ class SlackListeners:
         try:
             await self._gateway.accept(message)
         except MessageRejected as exc:
-            self._spawn(self._tell(message, exc.user_message))
+            if not exc.silent:
+                self._spawn(self._tell(message, exc.user_message))
 
     async def on_command(self, body: dict[str, Any], ack: AsyncAck) -> None:
         """``/assistant show|list|reset|use|help``, answered ephemerally in the ack."""
@@ -92,12 +93,20 @@ class SlackListeners:
         return BoltResponse(status=500, body="")
 
     async def _is_admin(self, user: str) -> bool:
-        """An admin is listed in ``slack.admins`` or is a workspace admin/owner, asked of Slack now."""
-        if user in self._gateway.config.slack.admins:
+        """An admin is listed in ``slack.admins``, is a workspace admin/owner, or is in one of the user
+        groups in ``slack.admin_groups`` — asked of Slack now (``users.info``, ``usergroups.users.list``)."""
+        options = self._gateway.config.slack
+        if user in options.admins:
             return True
         response = await self._client.users_info(user=user)
         info = response.get("user") or {}
-        return bool(info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner"))
+        if info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner"):
+            return True
+        for group in options.admin_groups:
+            members = await self._client.usergroups_users_list(usergroup=group)
+            if user in (members.get("users") or []):
+                return True
+        return False
 
     async def _tell(self, message: InboundMessage, text: str) -> None:
         """Tell the person why their message was refused, where they said it."""

@@ -233,12 +233,12 @@ async def test_assistant_show_list_reset_are_ephemeral(env: Env) -> None:
     await env.answer(emu.channel_id, said("who am I?", 1))  # a new backend thread: message 1 again
 
 
-async def test_assistant_use_is_core_s_answer_for_now(env: Env) -> None:
-    emu = env.emu
+async def test_assistant_use_binds_for_a_manage_server_member(env: Env) -> None:
+    emu = env.emu  # more in test_admin_discord.py
     interaction = await emu.slash("assistant", [{"name": "profile", "type": 3, "value": "helper"}],
                                   subcommand="use", permissions=MANAGE_GUILD)
     await emu.wait_until(lambda: bool(interaction.original_id and emu.messages[interaction.original_id].content))
-    assert "not available yet" in emu.messages[interaction.original_id or ""].content
+    assert emu.messages[interaction.original_id or ""].content.startswith("Done: `helper` is now chosen")
 
 
 def _kind(call: RestCall, thread_id: str) -> str:
