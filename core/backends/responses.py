@@ -95,6 +95,7 @@ class _Answer:
     """The function calls the latest response asked for."""
     shown: str = ""
     """The text of the turn's finished responses (a resumed answer is written again from the start)."""
+    finished: set[str] = field(default_factory=set)
     started: bool = False
     adopted: bool = False
     """Resumed from what the server stored, in a process that did not start it (no options)."""
@@ -169,7 +170,7 @@ class ResponsesBackend:
         response = await self._settled(run.run_id)
         if answer is None:
             answer = _Answer(thread_id=run.thread_id, options={}, started=True, adopted=True)
-        if text := answer.shown + response.output_text:
+        if text := answer.shown + ("" if response.id in answer.finished else response.output_text):
             yield TextDelta(text=text)
         if response.status != "completed":
             raise _ended(str(response.status), response)
@@ -231,8 +232,10 @@ class ResponsesBackend:
         return RunStarted(run=self._ref(answer.thread_id, response_id))
 
     async def _finish(self, answer: _Answer, response: Response) -> RunEvent:
-        answer.items += replay_items(response.output)
-        answer.shown += response.output_text
+        if response.id not in answer.finished:  # a resumed response may have finished before
+            answer.finished.add(response.id)
+            answer.items += replay_items(response.output)
+            answer.shown += response.output_text
         thread_id = answer.thread_id or response.id
         calls = tool_calls(response.output)
         if calls:

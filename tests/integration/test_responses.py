@@ -199,3 +199,25 @@ async def test_demo_runs_on_the_responses_api() -> None:
     assert "local Responses API (with Conversations) emulator" in out
     assert "[emulator] You said: again (message 2 in this thread)" in out
     assert "tool get_weather" in out and "[emulator] The tool said:" in out
+
+
+async def test_a_failed_tool_round_request_is_resumed(stack: Stack) -> None:
+    tools = stack.runtime.engine.tools
+    failed: list[bool] = []
+
+    class RateLimitAfterFirstRound:
+        """Tools answer, then the request that carries their outputs meets 429s past the SDK's retries."""
+
+        async def run_calls(self, **kwargs: Any) -> Any:
+            outputs = await tools.run_calls(**kwargs)
+            if not failed:
+                failed.append(True)
+                stack.emulator.fail_next(429, count=3)
+            return outputs
+
+    stack.runtime.engine.tools = RateLimitAfterFirstRound()
+    reply = await stack.ask("weather in Oslo")
+    assert reply.text.startswith("[emulator] The tool said: ") and "Oslo" in reply.text
+    assert reply.text.count("The tool said") == 1 and REFERENCE.search(reply.text) is None
+    # A stored response is re-attached to and its calls made again; a replayed request is sent again.
+    assert len(stack.weather.received) == (1 if stack.state_mode == "replay" else 2)
