@@ -257,7 +257,7 @@ class GatewayConfig(_Strict):
     run_timeout_s: float = Field(default=600.0, gt=0)
     max_message_chars: int = Field(default=16_000, ge=1)
     max_tool_rounds: int = Field(default=16, ge=1)
-    lease_ttl_s: float = Field(default=30.0, ge=2)
+    lease_ttl_s: float = Field(default=10.0, ge=2)
     dedupe_ttl_s: int = Field(default=86_400, ge=60)
     conversation_ttl_s: int = Field(default=90 * 86_400, ge=3600)
     # Seconds between checks of the config file for changes (hot reload); 0: only on SIGHUP.

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -61,6 +61,30 @@ class Backend(Protocol):
     def submit_tool_outputs(self, *, run: RunRef, outputs: list[ToolOutput]) -> AsyncIterator[RunEvent]: ...
 
     async def cancel(self, *, run: RunRef) -> None: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A ``Backend`` that can re-attach to a run an interrupted attempt (or a dead process) started.
+
+    ``resume`` waits while the run works, yields the text it produced so far as one
+    ``TextDelta``, then ends like ``run``: ``ToolCallsRequired`` or ``RunCompleted``; other
+    endings raise ``RunEnded``. A backend without ``resume`` stays safe: the engine cancels the
+    interrupted run and answers with a clear error rather than start a second run.
+    """
+
+    def resume(self, *, run: RunRef) -> AsyncIterator[RunEvent]: ...
+
+
+@runtime_checkable
+class ServerThreads(Protocol):
+    """A ``Backend`` whose threads live on the server: the engine creates a conversation's thread
+    and records it before the first run (record before you start), and asks for the run of a
+    message before it starts another after an interruption (check before you retry)."""
+
+    async def new_thread(self) -> str: ...
+
+    async def find_run(self, *, thread_id: str, message_id: str) -> RunRef | None: ...
 
 
 class ToolRunner(Protocol):

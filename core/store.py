@@ -8,10 +8,18 @@ Message lifecycle: ``accept`` records the message, appends it to its conversatio
 signals the partition's work stream, all before the platform is acknowledged. A worker that
 holds the lease answers the inbox head to tail; ``complete`` pops the head; ``release`` gives
 the lease up only when the inbox is empty, so a message that arrives meanwhile is never orphaned.
+``hand_back`` gives it up at once (shutdown) and signals the conversation again so another
+process takes it now.
+
+A message record (``{t}:msg:<id>``) says how far answering got, so recovery can go on from there:
+``status`` (queued → starting → running → answered | failed), ``attempts``, ``thread`` and
+``deadline_at`` (set before a run is started), ``run`` (RunRef JSON, set when the run exists)
+and ``refs`` (chat messages already posted, by part index).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -79,6 +89,15 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
 redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: lease, inbox, work stream; ARGV: token, conversation
+_HAND_BACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+if redis.call('LLEN', KEYS[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[3], '*', 'conv', ARGV[2], 'msg', '')
 return 1
 """
 
@@ -142,7 +161,7 @@ class Pending:
 
 @dataclass
 class StoreLimits:
-    lease_ttl_s: float = 30.0
+    lease_ttl_s: float = 10.0
     dedupe_ttl_s: int = 86_400
     conversation_ttl_s: int = 90 * 86_400
 
@@ -160,14 +179,19 @@ class Store:
         self._complete = redis.register_script(_COMPLETE)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
+        self._hand_back = redis.register_script(_HAND_BACK)
         self._reset = redis.register_script(_RESET)
 
     @staticmethod
     @asynccontextmanager
     async def connect(url: str) -> AsyncIterator[aioredis.Redis]:
         """Open the process's one Redis pool; fail fast with ``StoreUnavailable`` if unreachable."""
+        # One immediate retry on a fresh connection: after a Redis restart every pooled connection
+        # is dead once, and a command should not fail for that. Longer outages fail fast instead
+        # (StoreUnavailable), so intake can refuse within the platform's ack deadline.
         client = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
         )
         try:
             try:
@@ -211,20 +235,32 @@ class Store:
     @translate_errors
     async def ensure_groups(self) -> None:
         for partition in range(self.keys.partitions):
-            try:
-                await self.redis.xgroup_create(self.keys.work(partition), WORK_GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await self._ensure_group(partition)
+
+    async def _ensure_group(self, partition: int) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.work(partition), WORK_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     @translate_errors
     async def read_work(
         self, partition: int, consumer: str, *, count: int, block_ms: int
     ) -> list[tuple[str, str]]:
-        """New work signals for ``consumer``: (entry id, conversation)."""
-        reply = cast(_StreamReply, await self.redis.xreadgroup(
-            WORK_GROUP, consumer, {self.keys.work(partition): ">"}, count=count, block=block_ms,
-        ))
+        """New work signals for ``consumer``: (entry id, conversation).
+
+        A stream or group that vanished (Redis restarted without its data) is created again.
+        """
+        try:
+            reply = cast(_StreamReply, await self.redis.xreadgroup(
+                WORK_GROUP, consumer, {self.keys.work(partition): ">"}, count=count, block=block_ms,
+            ))
+        except ResponseError as exc:
+            if not _no_group(exc):
+                raise
+            await self._ensure_group(partition)
+            return []
         return [(eid, fields["conv"]) for _, entries in reply or [] for eid, fields in entries]
 
     @translate_errors
@@ -232,11 +268,28 @@ class Store:
         self, partition: int, consumer: str, *, min_idle_ms: int, count: int = 64
     ) -> list[tuple[str, str]]:
         """Signals left pending by consumers that went quiet (died) for ``min_idle_ms``."""
-        reply = await self.redis.xautoclaim(
-            self.keys.work(partition), WORK_GROUP, consumer, min_idle_time=min_idle_ms, count=count,
-        )
+        try:
+            reply = await self.redis.xautoclaim(
+                self.keys.work(partition), WORK_GROUP, consumer, min_idle_time=min_idle_ms, count=count,
+            )
+        except ResponseError as exc:
+            if not _no_group(exc):
+                raise
+            await self._ensure_group(partition)
+            return []
         entries: list[tuple[str, dict[str, str]]] = list(reply[1]) if reply else []
         return [(eid, fields["conv"]) for eid, fields in entries if fields]
+
+    @translate_errors
+    async def resignal(self, conversation: str, entry_ids: list[str]) -> None:
+        """Put the conversation's signal back for any worker (this one is stopping) and drop ours."""
+        stream = self.keys.work_for(conversation)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, {"conv": conversation, "msg": ""})
+            if entry_ids:
+                pipe.xack(stream, WORK_GROUP, *entry_ids)
+                pipe.xdel(stream, *entry_ids)
+            await pipe.execute()
 
     @translate_errors
     async def ack_work(self, conversation: str, entry_ids: list[str]) -> None:
@@ -256,16 +309,50 @@ class Store:
         return bool(await self.redis.set(self.keys.lease(conversation), token, nx=True, px=ttl_ms))
 
     @translate_errors
-    async def renew_many(self, leases: dict[str, str]) -> dict[str, bool]:
-        """Renew several leases in one round trip: {conversation: still held}."""
+    async def renew_many(
+        self, leases: dict[str, str], *, consumer: str | None = None, entries: dict[str, list[str]] | None = None,
+    ) -> dict[str, bool]:
+        """Renew several leases in one round trip: {conversation: still held}.
+
+        ``entries`` (conversation -> work entry ids) are claimed again by ``consumer``, which
+        resets their idle time: signals of a conversation that is being answered never look
+        abandoned to other workers' reclaim, however long the answer takes.
+        """
         if not leases:
             return {}
         ttl_ms = int(self.limits.lease_ttl_s * 1000)
+        touched = {conv: ids for conv, ids in (entries or {}).items() if ids and conv in leases}
         async with self.redis.pipeline(transaction=False) as pipe:
             for conv, token in leases.items():
                 await self._renew(keys=[self.keys.lease(conv)], args=[token, ttl_ms], client=pipe)
-            results = await pipe.execute()
-        return {conv: bool(int(r)) for conv, r in zip(leases, results, strict=True)}
+            if consumer is not None:
+                for conv, ids in touched.items():
+                    claimed: list[Any] = list(ids)
+                    pipe.xclaim(self.keys.work_for(conv), WORK_GROUP, consumer, 0, claimed, justid=True)
+            results = await pipe.execute(raise_on_error=False)
+        renewed = results[:len(leases)]
+        for result in renewed:
+            if isinstance(result, Exception):
+                raise result
+        return {conv: bool(int(r)) for conv, r in zip(leases, renewed, strict=True)}
+
+    @translate_errors
+    async def lease_remaining_s(self, conversation: str) -> float | None:
+        """Seconds until the conversation's lease expires; None if nobody holds it."""
+        remaining_ms = int(await self.redis.pttl(self.keys.lease(conversation)))
+        return remaining_ms / 1000 if remaining_ms >= 0 else None
+
+    @translate_errors
+    async def hand_back(self, conversation: str, token: str) -> bool:
+        """Give the lease up now, messages waiting or not, and signal the conversation again if
+        any wait, so another process answers them without waiting for the lease to expire.
+        False if the lease was not ours any more (nothing changed)."""
+        k = self.keys
+        result = int(await self._hand_back(
+            keys=[k.lease(conversation), k.inbox(conversation), k.work_for(conversation)],
+            args=[token, conversation],
+        ))
+        return result >= 0
 
     @translate_errors
     async def release(self, conversation: str, token: str) -> bool:
@@ -305,6 +392,12 @@ class Store:
         """Fenced update of the message's record (status, run, reply refs, …)."""
         await self._hset(message.conversation, token, self.keys.msg(message.conversation, message.id),
                          MESSAGE_PENDING_TTL_S, fields)
+
+    async def record_thread(self, message: InboundMessage, token: str, backend: str, thread_id: str) -> None:
+        """The conversation's thread on ``backend``, known before any run is started on it."""
+        conv = message.conversation
+        await self._hset(conv, token, self.keys.conv(conv), self.limits.conversation_ttl_s,
+                         {f"thread:{backend}": thread_id})
 
     async def record_run(self, message: InboundMessage, token: str, run: RunRef) -> None:
         """Before anything else happens on a run: which run answers this message, on which thread."""
@@ -361,6 +454,25 @@ class Store:
             if value is not None:
                 out.append((*self.keys.parse_binding(key), value))
         return sorted(out)
+
+
+async def retry_unavailable(op: Callable[[], Awaitable[T]], *, while_: Callable[[], bool],
+                            first_delay_s: float = 0.1, max_delay_s: float = 1.0) -> T:
+    """``op()``, tried again while Redis is unreachable and ``while_()`` holds (e.g. the lease is
+    still ours by the local clock): a Redis restart of a second or two costs a pause, not an answer."""
+    delay = first_delay_s
+    while True:
+        try:
+            return await op()
+        except StoreUnavailable:
+            if not while_():
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+def _no_group(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

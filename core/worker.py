@@ -8,35 +8,69 @@ Invariants that make "never lost, never twice" hold across processes:
   answered by the holder.
 - A driver keeps its own signals unacknowledged until it released the lease: if its process
   dies, the signals stay pending and another worker reclaims them once the lease expired.
+  While it works, each lease renewal also claims its signals again, so they only look idle
+  (reclaimable) once their driver stopped renewing: reclaim idle time ≈ lease TTL, and a dead
+  process's conversations move on about one lease TTL after it died.
 - A fresh signal whose conversation is leased elsewhere is acknowledged (the holder will answer
-  it); a *reclaimed* one is left pending until its lease can be taken.
+  it); a *reclaimed* one is left pending until its lease can be taken (tried once more when the
+  lease is due to expire, then by the next reclaim).
+- The lease is trusted by the local clock only for ``LEASE_TRUST`` of its TTL after the last
+  renewal was *sent*: past that the driver is stopped (``held()`` is false, the engine writes
+  nothing more to chat) even if Redis cannot be asked, because another process may take the
+  lease once it expires.
+- Draining (SIGTERM): no new conversation is taken (signals read meanwhile are put back for
+  other workers), a driver finishes the answer in flight and then *hands back* its
+  conversation — lease released, conversation signalled again — so another process goes on at
+  once instead of after the lease expired; answers still running after the grace period are
+  stopped and handed back the same way (the next holder resumes their run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
 
 from core.engine import Engine, NoSinkForPlatform
 from core.errors import LeaseLost, StoreUnavailable
 from core.metrics import QUEUE_DEPTH
-from core.store import Store
+from core.store import Store, retry_unavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LEASE_TRUST = 2 / 3
+"""Share of the lease TTL after the last renewal was sent during which the lease is trusted."""
+RENEW_RETRY_S = 0.5
+"""After a failed renewal, try again this soon (not a whole renewal interval later)."""
+HAND_BACK_TIMEOUT_S = 5.0
+_LOOP_ERRORS = (StoreUnavailable, RedisError)
 
 
 @dataclass
 class _Driver:
     conversation: str
     token: str
+    valid_until: float
     entries: list[str] = field(default_factory=list)
     remaining: int = 0
     task: asyncio.Task[None] | None = None
+    lost: bool = False
+
+    def held(self) -> bool:
+        """True while the lease is certainly still ours (see ``LEASE_TRUST``)."""
+        return not self.lost and time.monotonic() < self.valid_until
 
 
 class Worker:
@@ -48,7 +82,7 @@ class Worker:
         self.engine = engine
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_ttl_s = lease_ttl_s
-        self.reclaim_idle_s = reclaim_idle_s if reclaim_idle_s is not None else lease_ttl_s * 1.5
+        self.reclaim_idle_s = reclaim_idle_s if reclaim_idle_s is not None else lease_ttl_s
         self.read_block_ms = read_block_ms
         self._slots = asyncio.Semaphore(max_concurrent_runs)
         self._drivers: dict[str, _Driver] = {}
@@ -69,17 +103,18 @@ class Worker:
                     group.create_task(self._reclaim_loop(partition))
                 group.create_task(self._renew_loop())
         finally:
-            # Answers still in flight stop with the worker; their signals stay pending and are reclaimed.
-            drivers = [d.task for d in self._drivers.values() if d.task is not None]
-            for task in drivers:
+            # Whatever still runs stops with the worker; drivers hand their conversations back.
+            leftovers = [t for t in self._tasks if not t.done()]
+            for task in leftovers:
                 task.cancel()
-            await asyncio.gather(*drivers, return_exceptions=True)
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work, give answers in flight ``grace_s`` to finish, then let ``run`` return.
 
-        The read loops end on their own within one ``read_block_ms``: cancelling a blocking Redis
-        read can leave redis-py's connection stuck, so they are never cancelled on purpose.
+        Conversations with messages still waiting are handed back to other workers at once. The
+        read loops end on their own within one ``read_block_ms``: cancelling a blocking Redis read
+        can leave redis-py's connection stuck, so they are never cancelled on purpose.
         """
         self._stopping.set()
         pending = [d.task for d in self._drivers.values() if d.task is not None]
@@ -95,6 +130,8 @@ class Worker:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
 
+    # --- signals ------------------------------------------------------------------------------
+
     async def _read_loop(self, partition: int) -> None:
         while not self._stopping.is_set():
             try:
@@ -102,7 +139,7 @@ class Worker:
                                                      block_ms=self.read_block_ms)
                 for entry_id, conversation in entries:
                     await self._on_signal(conversation, entry_id, reclaimed=False)
-            except StoreUnavailable as exc:
+            except _LOOP_ERRORS as exc:
                 log.warning("work stream unreachable; retrying", extra={"event": "store_unavailable",
                                                                          "error": str(exc)})
                 await self._pause(1.0)
@@ -117,8 +154,50 @@ class Worker:
                 for entry_id, conversation in await self.store.reclaim_work(partition, self.consumer,
                                                                             min_idle_ms=idle_ms):
                     await self._on_signal(conversation, entry_id, reclaimed=True)
-            except StoreUnavailable as exc:
+            except _LOOP_ERRORS as exc:
                 log.warning("reclaim failed; retrying", extra={"event": "store_unavailable", "error": str(exc)})
+
+    async def _on_signal(self, conversation: str, entry_id: str, *, reclaimed: bool, retry: bool = True) -> None:
+        driver = self._drivers.get(conversation)
+        if driver is not None:
+            driver.entries.append(entry_id)
+            return
+        if self._stopping.is_set():
+            await self.store.resignal(conversation, [entry_id])  # for a worker that is not stopping
+            return
+        token = uuid.uuid4().hex
+        sent_at = time.monotonic()
+        if not await self.store.acquire(conversation, token):
+            if not reclaimed:
+                # Leased elsewhere: the holder answers the inbox before it can release.
+                await self.store.ack_work(conversation, [entry_id])
+            elif retry:
+                self._spawn(self._claim_when_free(conversation, entry_id), name=f"claim:{conversation}")
+            return
+        driver = _Driver(conversation=conversation, token=token, entries=[entry_id],
+                         valid_until=sent_at + self.lease_ttl_s * LEASE_TRUST)
+        self._drivers[conversation] = driver
+        driver.task = self._spawn(self._drive(driver), name=f"drive:{conversation}")
+
+    async def _claim_when_free(self, conversation: str, entry_id: str) -> None:
+        """A reclaimed signal whose lease is still held (its holder just died): try again when the
+        lease is due to expire, rather than a whole reclaim idle time later."""
+        try:
+            remaining = await self.store.lease_remaining_s(conversation)
+            await self._pause((remaining or 0.0) + 0.05)
+            if not self._stopping.is_set():
+                await self._on_signal(conversation, entry_id, reclaimed=True, retry=False)
+        except _LOOP_ERRORS as exc:
+            log.warning("claim failed; the next reclaim tries again", extra={
+                "event": "store_unavailable", "conversation": conversation, "error": str(exc)})
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- leases -------------------------------------------------------------------------------
 
     async def _renew_loop(self) -> None:
         # Leases are renewed until the last answer in flight is done, draining included; the
@@ -130,43 +209,54 @@ class Worker:
             await asyncio.sleep(min(0.25, max(0.0, next_at - loop.time())))
             if loop.time() < next_at:
                 continue
-            next_at = loop.time() + interval
-            held = {conv: d.token for conv, d in self._drivers.items()}
-            try:
-                results = await self.store.renew_many(held)
-            except StoreUnavailable as exc:
-                log.warning("lease renewal failed", extra={"event": "store_unavailable", "error": str(exc)})
-                continue
-            for conv, still_held in results.items():
-                driver = self._drivers.get(conv)
-                if not still_held and driver is not None and driver.task is not None:
-                    log.warning("lease lost; stopping", extra={"event": "lease_lost", "conversation": conv})
-                    driver.task.cancel()
+            renewed = await self._renew_once()
+            next_at = loop.time() + (interval if renewed else min(interval, RENEW_RETRY_S))
+            self._stop_untrusted()
 
-    async def _on_signal(self, conversation: str, entry_id: str, *, reclaimed: bool) -> None:
-        driver = self._drivers.get(conversation)
-        if driver is not None:
-            driver.entries.append(entry_id)
-            return
-        token = uuid.uuid4().hex
-        if not await self.store.acquire(conversation, token):
-            if not reclaimed:
-                # Leased elsewhere: the holder answers the inbox before it can release.
-                await self.store.ack_work(conversation, [entry_id])
-            return
-        driver = _Driver(conversation=conversation, token=token, entries=[entry_id])
-        self._drivers[conversation] = driver
-        driver.task = asyncio.create_task(self._drive(driver), name=f"drive:{conversation}")
-        self._tasks.add(driver.task)
-        driver.task.add_done_callback(self._tasks.discard)
+    async def _renew_once(self) -> bool:
+        """Renew every lease (and touch its signals) in one round trip; False if Redis is unreachable."""
+        drivers = {conv: d for conv, d in self._drivers.items() if not d.lost}
+        sent_at = time.monotonic()
+        try:
+            results = await self.store.renew_many(
+                {conv: d.token for conv, d in drivers.items()}, consumer=self.consumer,
+                entries={conv: list(d.entries) for conv, d in drivers.items()})
+        except _LOOP_ERRORS as exc:
+            log.warning("lease renewal failed", extra={"event": "store_unavailable", "error": str(exc)})
+            return False
+        for conv, still_held in results.items():
+            driver = drivers[conv]
+            if still_held:
+                driver.valid_until = sent_at + self.lease_ttl_s * LEASE_TRUST
+            elif not driver.lost:
+                log.warning("lease lost; stopping", extra={"event": "lease_lost", "conversation": conv})
+                self._stop(driver)
+        return True
+
+    def _stop_untrusted(self) -> None:
+        """Stop drivers whose lease could not be renewed in time: another process may own it soon."""
+        now = time.monotonic()
+        for driver in list(self._drivers.values()):
+            if not driver.lost and now >= driver.valid_until:
+                log.warning("lease not renewed in time; stopping", extra={
+                    "event": "lease_untrusted", "conversation": driver.conversation})
+                self._stop(driver)
+
+    def _stop(self, driver: _Driver) -> None:
+        driver.lost = True
+        if driver.task is not None:
+            driver.task.cancel()
+
+    # --- answering ------------------------------------------------------------------------------
 
     async def _drive(self, driver: _Driver) -> None:
         conv = driver.conversation
         try:
             while True:
-                await self._answer_inbox(driver)
+                if await self._answer_inbox(driver):
+                    return  # handed back (draining)
                 seen = len(driver.entries)
-                if await self.store.release(conv, driver.token):
+                if await self._fenced(driver, lambda: self.store.release(conv, driver.token)):
                     del self._drivers[conv]
                     late = driver.entries[seen:]
                     await asyncio.shield(self.store.ack_work(conv, driver.entries[:seen]))
@@ -180,18 +270,48 @@ class Worker:
         except StoreUnavailable as exc:
             log.error("store unavailable while answering; the work will be reclaimed",
                       extra={"event": "driver_stopped", "conversation": conv, "error": str(exc)})
+        except asyncio.CancelledError:
+            if not driver.lost:
+                await self._hand_back(driver)
+            raise
         finally:
             if self._drivers.get(conv) is driver:
                 del self._drivers[conv]
             self._update_depth(driver, 0)
 
-    async def _answer_inbox(self, driver: _Driver) -> None:
+    async def _answer_inbox(self, driver: _Driver) -> bool:
+        """Answer the inbox until it is empty (False) or the worker drains (handed back: True)."""
         conv, token = driver.conversation, driver.token
-        while (pending := await self.store.peek(conv, token)) is not None:
+        while not self._stopping.is_set():
+            pending = await self._fenced(driver, lambda: self.store.peek(conv, token))
+            if pending is None:
+                return False
             async with self._slots:
-                status = await self.engine.answer(pending, token)
-            remaining = await self.store.complete(conv, token, pending.message.id, status=status)
-            self._update_depth(driver, remaining)
+                if self._stopping.is_set():
+                    break
+                status = await self.engine.answer(pending, token, held=driver.held)
+            complete = functools.partial(self.store.complete, conv, token, pending.message.id, status=status)
+            self._update_depth(driver, await self._fenced(driver, complete))
+        await self._hand_back(driver)
+        return True
+
+    async def _fenced(self, driver: _Driver, op: Callable[[], Awaitable[T]]) -> T:
+        """A store call of the driver, tried again through a short Redis outage while the lease is ours."""
+        return await retry_unavailable(op, while_=driver.held)
+
+    async def _hand_back(self, driver: _Driver) -> None:
+        """Give the conversation up now and signal it again for another worker (never raises)."""
+        conv = driver.conversation
+        try:
+            async with asyncio.timeout(HAND_BACK_TIMEOUT_S):
+                if await asyncio.shield(self.store.hand_back(conv, driver.token)):
+                    await asyncio.shield(self.store.ack_work(conv, list(driver.entries)))
+        except (*_LOOP_ERRORS, TimeoutError) as exc:
+            log.warning("could not hand the conversation back; its lease will expire", extra={
+                "event": "hand_back_failed", "conversation": conv, "error": type(exc).__name__})
+            return
+        driver.lost = True
+        log.info("conversation handed back", extra={"event": "handed_back", "conversation": conv})
 
     def _update_depth(self, driver: _Driver, remaining: int) -> None:
         driver.remaining = remaining
