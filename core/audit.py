@@ -99,7 +99,7 @@ class BindingLog:
             streams = [key async for key in self.redis.scan_iter(match=self.keys.audit_pattern(), count=500)]
         per_stream = [await self._latest(stream, limit) for stream in streams]
         merged = heapq.merge(*per_stream, key=lambda change: _order(change.entry_id))
-        changes = [c for c in merged if platform is None or c.platform == platform]
+        changes = [c for c in merged if platform in (None, c.platform) and workspace in (None, c.workspace)]
         return changes[-limit:] if limit else changes
 
     async def _latest(self, stream: str, limit: int) -> list[BindingChange]:

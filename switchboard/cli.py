@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate config and reach every dependency")
     assistants = sub.add_parser("assistants", help="assistants defined in config").add_subparsers(
         dest="action", required=True)
-    assistants.add_parser("sync", help="create/update the assistants that profiles define")
+    sync_assistants = assistants.add_parser("sync", help="create/update the assistants that profiles define")
+    sync_assistants.add_argument("--dry-run", action="store_true", help="print the field-level diff, change nothing")
+    sync_assistants.add_argument("--prune", action="store_true",
+                                 help="also delete assistants tagged with a profile that no profile defines any more")
     assistants.add_parser("list", help="list the assistants on every backend in use")
     discord = sub.add_parser("discord", help="Discord setup").add_subparsers(dest="action", required=True)
     sync = discord.add_parser("sync", help="register the slash commands (globally, or on one guild for development)")
@@ -48,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     bindings = sub.add_parser("bindings", help="which profile answers where").add_subparsers(
         dest="action", required=True)
     bindings.add_parser("list", help="bindings from config and from admins")
+    show = bindings.add_parser("show", help="which profile answers in a place, and why")
+    show.add_argument("platform", choices=["slack", "discord", "console"])
+    show.add_argument("workspace", help="Slack team ID / Discord guild ID")
+    show.add_argument("channel", nargs="?", default="*", help="channel ID (omit for the workspace default)")
+    history = bindings.add_parser("history", help="the audit trail of binding changes (chat and CLI), oldest first")
+    history.add_argument("--platform", choices=["slack", "discord", "console"])
+    history.add_argument("--workspace", help="only this workspace/guild (needs --platform)")
+    history.add_argument("--limit", type=int, default=50, help="the latest N changes (0: all kept); default: 50")
     for action in ("set", "unset"):
         b = bindings.add_parser(action, help=f"{action} a run-time binding")
         b.add_argument("platform", choices=["slack", "discord", "console"])
@@ -107,7 +118,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         url = app.require_redis_url(settings)
         return _run(lambda: app.run_console(settings, config, profile=args.profile, redis_url=url))
     if command == "assistants":
-        return _run(lambda: admin.assistants(settings, config, args.action))
+        return _run(lambda: admin.assistants(settings, config, args.action, dry_run=getattr(args, "dry_run", False),
+                                             prune=getattr(args, "prune", False)))
     if command == "bindings":
         return _run(lambda: admin.bindings(settings, config, args))
     if command == "discord":
