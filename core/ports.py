@@ -51,7 +51,8 @@ class Backend(Protocol):
 
     ``run`` yields ``RunStarted`` first (with the thread ID, new or given), then ``TextDelta``s,
     and ends with either ``ToolCallsRequired`` (answer with ``submit_tool_outputs``, which
-    streams the continuation the same way) or ``RunCompleted``.
+    streams the continuation the same way) or ``RunCompleted``. ``resume`` re-attaches to a run
+    an interrupted attempt started (see ``Resumable``); ``cancel`` returns once the run stopped.
     """
 
     name: str
@@ -59,6 +60,8 @@ class Backend(Protocol):
     def run(self, *, turn: Turn) -> AsyncIterator[RunEvent]: ...
 
     def submit_tool_outputs(self, *, run: RunRef, outputs: list[ToolOutput]) -> AsyncIterator[RunEvent]: ...
+
+    def resume(self, *, run: RunRef) -> AsyncIterator[RunEvent]: ...
 
     async def cancel(self, *, run: RunRef) -> None: ...
 
@@ -69,8 +72,10 @@ class Resumable(Protocol):
 
     ``resume`` waits while the run works, yields the text it produced so far as one
     ``TextDelta``, then ends like ``run``: ``ToolCallsRequired`` or ``RunCompleted``; other
-    endings raise ``RunEnded``. A backend without ``resume`` stays safe: the engine cancels the
-    interrupted run and answers with a clear error rather than start a second run.
+    endings raise ``RunEnded``. Every ``Backend`` has it; the engine still checks, so a duck-typed
+    backend without it stays safe: the interrupted run is cancelled and the answer is a clear
+    error rather than a second run. A backend that cannot resume a particular run raises a
+    ``BackendError`` (the same clear error).
     """
 
     def resume(self, *, run: RunRef) -> AsyncIterator[RunEvent]: ...
