@@ -258,6 +258,8 @@ class GatewayConfig(_Strict):
     max_message_chars: int = Field(default=16_000, ge=1)
     max_tool_rounds: int = Field(default=16, ge=1)
     lease_ttl_s: float = Field(default=10.0, ge=2)
+    # On SIGTERM: how long answers in flight may take to finish before they are handed to another process.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     dedupe_ttl_s: int = Field(default=86_400, ge=60)
     conversation_ttl_s: int = Field(default=90 * 86_400, ge=3600)
     # Seconds between checks of the config file for changes (hot reload); 0: only on SIGHUP.

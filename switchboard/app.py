@@ -27,6 +27,7 @@ from switchboard.localredis import local_redis
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 20.0
+"""The default of ``gateway.shutdown_grace_s``, which ``switchboard run`` uses."""
 CONSOLE_GRACE_S = 5.0
 
 
@@ -94,7 +95,8 @@ async def run_gateway(settings: Settings, config: Config) -> None:
                 await stop.wait()
                 reloader.stop()
                 log.info("shutting down", extra={"event": "stopping"})
-                await runtime.worker.drain(SHUTDOWN_GRACE_S)
+                # Answers in flight get the grace period; the rest is handed to other processes at once.
+                await runtime.worker.drain(runtime.config.gateway.shutdown_grace_s)
                 await worker
         finally:
             for adapter in adapters:
