@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -24,11 +25,16 @@ def platform_check(name: str, ready: Callable[[], bool]) -> ReadinessCheck:
     return check
 
 
+READY_PING_TIMEOUT_S = 2.0
+
+
 def redis_check(store: Store) -> ReadinessCheck:
+    """Ready while Redis answers a ping quickly: a Redis that hangs is as unusable as one that is down."""
     async def check() -> tuple[str, bool]:
         try:
-            return "redis", await store.ping()
-        except StoreUnavailable:
+            async with asyncio.timeout(READY_PING_TIMEOUT_S):
+                return "redis", await store.ping()
+        except (StoreUnavailable, TimeoutError):
             return "redis", False
     return check
 
