@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="PATH",
                         help="py-spy the gateway in the concurrent phase: raw stacks to PATH, top entries to PATH.txt")
     parser.add_argument("--trace", action="store_true", help="also print the Redis exchanges of one message")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the gateway's and Redis's logs in DIR")
     args = parser.parse_args(argv)
     unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
@@ -71,8 +73,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with asyncio.timeout(DEADLINE_S[mode]):
         with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
             async with running_system(options, Path(tmp)) as system:
-                for name in args.phases.split(","):
-                    results[name] = await run_phase(system, name, plan, args.profile)
+                try:
+                    for name in args.phases.split(","):
+                        results[name] = await run_phase(system, name, plan, args.profile)
+                finally:
+                    if args.logs is not None:
+                        keep_logs(Path(tmp), args.logs)
                 redis_version = system.redis_version
     document: dict[str, Any] = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -89,6 +95,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         document["profile"] = profile.top_entries(args.profile)
         args.profile.with_suffix(".txt").write_text(profile.render(document["profile"]) + "\n")
     return document
+
+
+def keep_logs(workdir: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for log in workdir.glob("*.log"):
+        shutil.copyfile(log, target / log.name)
 
 
 def main(argv: list[str] | None = None) -> int:

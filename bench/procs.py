@@ -234,7 +234,7 @@ class Profiler:
         if not binary.exists():
             raise ChildFailed(f"py-spy is not installed next to {sys.executable} (pip install py-spy)")
         argv = [str(binary), "record", "--pid", str(pid), "--rate", str(rate_hz), "--format", "raw",
-                "--output", str(out), "--nonblocking"]
+                "--output", str(out)]
         child = await children.start("py-spy", argv, log=out.with_suffix(".log"))
         await asyncio.sleep(0.5)  # let it attach before the load starts
         if not child.running:
