@@ -173,6 +173,7 @@ class ResponsesBackend:
         if text := answer.shown + ("" if response.id in answer.finished else response.output_text):
             yield TextDelta(text=text)
         if response.status != "completed":
+            self._forget(answer)
             raise _ended(str(response.status), response)
         yield await self._finish(answer, response)
 
@@ -213,8 +214,9 @@ class ResponsesBackend:
                     elif isinstance(event, ResponseCompletedEvent):
                         response = event.response
                         break
-                    else:
-                        _raise_if_ended(event)
+                    elif (ended := _ended_by(event)) is not None:
+                        self._forget(answer)  # the turn is over: the engine will not come back to it
+                        raise ended
         except STREAM_ERRORS as exc:
             raise _translate(exc) from exc
         if response is None:
@@ -303,12 +305,13 @@ class ConversationsBackend(ResponsesBackend):
         return None
 
 
-def _raise_if_ended(event: ResponseStreamEvent) -> None:
-    """Raise ``RunEnded`` for an event that ends the response other than completed."""
+def _ended_by(event: ResponseStreamEvent) -> RunEnded | None:
+    """The ``RunEnded`` of an event that ends the response other than completed."""
     if isinstance(event, ResponseFailedEvent | ResponseIncompleteEvent):
-        raise _ended(str(event.response.status or event.type.removeprefix("response.")), event.response)
+        return _ended(str(event.response.status or event.type.removeprefix("response.")), event.response)
     if isinstance(event, ResponseErrorEvent):
-        raise RunEnded("failed", code=event.code, detail=event.message)
+        return RunEnded("failed", code=event.code, detail=event.message)
+    return None
 
 
 def _ended(status: str, response: Response) -> RunEnded:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from core.backends.responses import ResponsesBackend
 from core.backends.responses_history import Budget, ReplayHistory
 from core.errors import LeaseLost
 from core.keys import Keys
@@ -159,6 +160,8 @@ async def test_a_streamed_error_event_is_a_failed_answer(stack: Stack) -> None:
     reply = await stack.ask("hello")
     assert "The assistant failed while answering." in reply.text and REFERENCE.search(reply.text)
     assert (await stack.ask("again")).text.startswith("[emulator] You said: again")
+    backend = stack.runtime.backends.backends[RESPONSES_BACKEND]
+    assert isinstance(backend, ResponsesBackend) and backend._answers == {}  # ended turns are not remembered
 
 
 async def test_an_expired_previous_response_starts_a_new_chain(redis_server: RedisServer, redis_client: object
