@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run_phase(system: System, name: str, plan: Plan, profile_path: Path | None) -> dict[str, Any]:
     print(f"bench: {name} …", file=sys.stderr, flush=True)
     started = time.monotonic()
+    # Each phase starts on an idle gateway: answers still owed from the last one would load it.
+    backlog = await system.tracker.drain(plan.answer_timeout_s)
+    if backlog:
+        print(f"bench: {backlog} answers of earlier phases never came", file=sys.stderr, flush=True)
     profiler = None
     if profile_path is not None and name == "concurrent":
         profiler = await Profiler.attach(system.children, system.gateway.pid, profile_path)
@@ -61,6 +65,8 @@ async def run_phase(system: System, name: str, plan: Plan, profile_path: Path | 
         if profiler is not None:
             await profiler.stop()
     system.slack.forget()
+    if backlog:
+        result["backlog_before"] = backlog
     print(f"bench: {name} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     return result
 

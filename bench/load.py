@@ -83,6 +83,12 @@ class Tracker:
             await asyncio.wait(pending, timeout=timeout_s)
         return sum(1 for s in samples if s.answered_at is None)
 
+    async def drain(self, timeout_s: float) -> int:
+        """Wait (up to ``timeout_s``) until every message sent so far was answered; returns how many were
+        still unanswered (messages the gateway refused are not waited for)."""
+        outstanding = [s for s in self.samples.values() if s.answered_at is None and s.status == 200]
+        return await self.wait(outstanding, timeout_s)
+
     def attribute_backend_time(self, emulator: AssistantsEmulator) -> None:
         """Copy each run's ``backend_s`` to the sample whose message started it (its tag ends the prompt)."""
         for run in emulator.state.runs.values():
@@ -188,6 +194,28 @@ async def open_loop(sender: Sender, pool: list[Conversation], *, rate: float, co
             await sleep_until(loop, start + i / rate)
             tasks.append(group.create_task(sender.send(pool[i % len(pool)])))
     return [t.result() for t in tasks]
+
+
+async def bounded(sender: Sender, pool: list[Conversation], *, in_flight: int, answer_timeout_s: float) -> list[Sample]:
+    """One message in each conversation of ``pool``, as fast as the gateway answers them: at most
+    ``in_flight`` messages wait for their answer at any time (closed loop)."""
+    slots = asyncio.Semaphore(in_flight)
+    samples: list[Sample] = []
+
+    async def one(conversation: Conversation) -> None:
+        try:
+            sample = await sender.send(conversation)
+            samples.append(sample)
+            if sample.status == 200:
+                await sender.tracker.wait([sample], answer_timeout_s)
+        finally:
+            slots.release()
+
+    async with asyncio.TaskGroup() as group:
+        for conversation in pool:
+            await slots.acquire()  # a task is started only when a slot is free (no thousands waiting)
+            group.create_task(one(conversation))
+    return samples
 
 
 async def paced_conversations(sender: Sender, pool: list[Conversation], *, period_s: float, duration_s: float,

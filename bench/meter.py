@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.procs import ProxyControl, cpu_seconds, own_cpu_seconds, rss_bytes
+from bench.procs import ProxyControl, cpu_seconds, machine_busy_seconds, own_cpu_seconds, rss_bytes
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -46,6 +46,8 @@ class Reading:
     gateway_cpu_s: float
     gateway_rss: int
     harness_cpu_s: float
+    proxy_cpu_s: float
+    machine_busy_s: float
     redis_cpu_s: float
     redis_calls: dict[str, int]
     redis_memory: int
@@ -68,6 +70,8 @@ class Meter:
         return Reading(
             at=time.perf_counter(), gateway_cpu_s=cpu_seconds(self.gateway_pid),
             gateway_rss=rss_bytes(self.gateway_pid), harness_cpu_s=own_cpu_seconds(),
+            proxy_cpu_s=cpu_seconds(self.proxy.child.pid) if self.proxy is not None else 0.0,
+            machine_busy_s=machine_busy_seconds(),
             redis_cpu_s=float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
             redis_calls=calls, redis_memory=int(memory["used_memory"]), proxy=proxy,
         )
@@ -82,6 +86,7 @@ def per_message(before: Reading, after: Reading, messages: int) -> dict[str, Any
         "gateway_cpu_ms_per_msg": round((after.gateway_cpu_s - before.gateway_cpu_s) * 1000 / n, 3),
         "gateway_cpu_utilization": round((after.gateway_cpu_s - before.gateway_cpu_s) / wall, 3),
         "harness_cpu_utilization": round((after.harness_cpu_s - before.harness_cpu_s) / wall, 3),
+        "other_processes_cores": round(_others(before, after) / wall, 2),
         "redis_cpu_ms_per_msg": round((after.redis_cpu_s - before.redis_cpu_s) * 1000 / n, 3),
         "redis_commands_executed_per_msg": round(sum(executed.values()) / n, 2),
         "redis_executed_by_command_per_msg": {k: round(v / n, 3) for k, v in sorted(executed.items()) if v},
@@ -90,6 +95,13 @@ def per_message(before: Reading, after: Reading, messages: int) -> dict[str, Any
     if before.proxy is not None and after.proxy is not None:
         out.update(proxy_per_message(before.proxy, after.proxy, n))
     return out
+
+
+def _others(before: Reading, after: Reading) -> float:
+    """CPU seconds the rest of the machine used (other helpers' tests, say): they compete with the gateway."""
+    ours = sum(float(getattr(after, f)) - float(getattr(before, f))
+               for f in ("gateway_cpu_s", "harness_cpu_s", "proxy_cpu_s", "redis_cpu_s"))
+    return max(0.0, after.machine_busy_s - before.machine_busy_s - ours)
 
 
 def proxy_per_message(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:

@@ -59,6 +59,12 @@ def rss_bytes(pid: int) -> int:
     raise ChildFailed(f"no VmRSS for pid {pid}")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
