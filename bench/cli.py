@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,7 @@ PHASES: dict[str, Phase] = {
     "throughput": phases.throughput,
 }
 DEADLINE_S = {"quick": 90.0, "full": 900.0}
+PLAN_FIELDS = [f.name for f in dataclasses.fields(Plan)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,11 +44,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="py-spy the gateway in the concurrent phase: raw stacks to PATH, top entries to PATH.txt")
     parser.add_argument("--trace", action="store_true", help="also print the Redis exchanges of one message")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the gateway's and Redis's logs in DIR")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help=f"change one field of the plan (e.g. concurrent_s=20); fields: {', '.join(PLAN_FIELDS)}")
     args = parser.parse_args(argv)
     unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    try:
+        args.plan = adjusted(QUICK if args.quick else FULL, args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
+
+
+def adjusted(plan: Plan, changes: list[str]) -> Plan:
+    """``plan`` with ``FIELD=VALUE`` changes (numbers; ``rates`` as comma-separated numbers)."""
+    updates: dict[str, Any] = {}
+    for change in changes:
+        name, _, value = change.partition("=")
+        current = getattr(plan, name, None)
+        if current is None or not value:
+            raise ValueError(f"--set {change!r}: expected FIELD=VALUE with FIELD one of {', '.join(PLAN_FIELDS)}")
+        if isinstance(current, tuple):
+            updates[name] = tuple(float(v) for v in value.split(","))
+        else:
+            updates[name] = type(current)(float(value)) if isinstance(current, int) else float(value)
+    return dataclasses.replace(plan, **updates)
 
 
 async def run_phase(system: System, name: str, plan: Plan, profile_path: Path | None) -> dict[str, Any]:
@@ -73,7 +96,7 @@ async def run_phase(system: System, name: str, plan: Plan, profile_path: Path | 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = "quick" if args.quick else "full"
-    plan = QUICK if args.quick else FULL
+    plan: Plan = args.plan
     options = SystemOptions(latency_s=args.latency_s, chunks=args.chunks, direct_redis=args.direct_redis)
     results: dict[str, Any] = {}
     async with asyncio.timeout(DEADLINE_S[mode]):
