@@ -86,6 +86,8 @@ class EmuInteraction:
     acked_at: float | None = None
     ack_type: int | None = None
     original_id: str | None = None
+    choices: list[Json] | None = None
+    """What an autocomplete interaction was answered with (callback type 8)."""
 
 
 @dataclass
@@ -299,10 +301,11 @@ class DiscordEmulator:
 
     async def slash(self, name: str, options: list[Json] | None = None, *, channel_id: str | None = None,
                     user_id: str | None = None, permissions: int = 0, app_permissions: int = ALL_PERMISSIONS,
-                    subcommand: str | None = None, deliver: bool = True) -> EmuInteraction:
+                    subcommand: str | None = None, deliver: bool = True, kind: int = 2) -> EmuInteraction:
         """Someone runs ``/name [subcommand] options`` in ``channel_id`` (default: the text channel).
 
         ``deliver=False`` only creates the interaction (for tests that drive REST without a gateway).
+        ``kind=4`` is an autocomplete request instead (mark the option being typed ``"focused": True``).
         """
         channel_id = channel_id or self.channel_id
         user_id = user_id or self.user_id
@@ -315,7 +318,7 @@ class DiscordEmulator:
                                      channel_id=channel_id, guild_id=guild_id, user_id=user_id,
                                      dispatched_at=time.monotonic())
         payload: Json = {
-            "id": interaction.id, "application_id": self.app_id, "type": 2, "token": interaction.token,
+            "id": interaction.id, "application_id": self.app_id, "type": kind, "token": interaction.token,
             "version": 1, "locale": "en-US", "app_permissions": str(app_permissions), "entitlements": [],
             "authorizing_integration_owners": {"0": guild_id or "0"}, "attachment_size_limit": 10 * 1024 * 1024,
             "channel_id": channel_id, "channel": self._interaction_channel(channel),
@@ -625,6 +628,9 @@ class DiscordEmulator:
         interaction.acked_at, interaction.ack_type = time.monotonic(), int(body["type"])
         data = body.get("data") or {}
         flags = int(data.get("flags") or 0)
+        if interaction.ack_type == 8:
+            interaction.choices = list(data.get("choices") or [])
+            return _json({"interaction": {"id": interaction.id, "type": 4}})
         if interaction.ack_type == 5:
             message = self._store_message(interaction.channel_id, self.app_id, "", kind="original",
                                           flags=(flags & EPHEMERAL) | LOADING, interaction_id=interaction.id)

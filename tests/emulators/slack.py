@@ -120,6 +120,7 @@ class SlackEmulator:
         self.statuses: list[tuple[str, str, str]] = []
         self.ephemerals: list[Args] = []
         self.users: dict[str, Args] = {}
+        self.usergroups: dict[str, list[str]] = {}
         self.channels: dict[str, Args] = {}
         # failure switches
         self.max_text_chars = 4000
@@ -251,6 +252,7 @@ class SlackEmulator:
             "reactions.remove": self._reaction_remove,
             "assistant.threads.setStatus": self._set_status,
             "users.info": self._users_info,
+            "usergroups.users.list": self._usergroup_users,
             "conversations.info": self._conversations_info,
             "apps.connections.open": self._connections_open,
         }
@@ -384,6 +386,12 @@ class SlackEmulator:
         info = {"id": user, "team_id": self.team_id, "name": user.lower(), "is_bot": False,
                 "is_admin": False, "is_owner": False, **self.users.get(user, {})}
         return {"user": info}
+
+    def _usergroup_users(self, args: Args) -> Args:
+        group = str(args.get("usergroup", ""))
+        if group not in self.usergroups:
+            raise SlackError("no_such_subteam")
+        return {"users": list(self.usergroups[group])}
 
     def _conversations_info(self, args: Args) -> Args:
         channel = str(args.get("channel", ""))
