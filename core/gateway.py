@@ -28,6 +28,11 @@ from core.store import Accepted, Store
 
 log = logging.getLogger(__name__)
 
+KNOWN_FOR_S = 600.0
+"""How long a conversation seen here counts as existing without asking Redis (it lives at least
+``conversation_ttl_s``, one hour or more, after its last message; nothing else deletes it)."""
+KNOWN_MAX = 10_000
+
 
 class MessageRejected(SwitchboardError):
     """Bad input (e.g. an oversized message): nothing was recorded; show ``user_message``,
@@ -59,6 +64,7 @@ class Gateway:
         self.binding_log = BindingLog(store.redis, keys=store.keys)
         self.limiter = RateLimiter(store.redis, keys=store.keys)
         self.sinks: dict[str, ReplySinkFactory] = {}
+        self._known: dict[str, float] = {}  # conversation -> monotonic time it is known to exist until; oldest first
 
     @property
     def config(self) -> Config:
@@ -91,6 +97,7 @@ class Gateway:
             raise MessageRejected(f"There is no profile {message.profile!r}. Known: {known}.")
         await self._admit(message)
         accepted = await self.store.accept(message)
+        self._remember(message.conversation)
         outcome = "duplicate" if accepted.duplicate else "accepted"
         MESSAGES_RECEIVED.labels(platform=platform, outcome=outcome).inc()
         log.info("intake", extra={"event": "intake", "message_id": accepted.message_id, "outcome": outcome,
@@ -122,8 +129,25 @@ class Gateway:
         return access.is_allowed(self._config.access, place)
 
     async def has_conversation(self, conversation: str) -> bool:
-        """True once any message was accepted for ``conversation`` (e.g. the bot's Slack thread)."""
-        return await self.store.has_conversation(conversation)
+        """True once any message was accepted for ``conversation`` (e.g. the bot's Slack thread).
+
+        Asks Redis only for conversations this process has not seen in the last ``KNOWN_FOR_S``:
+        a reply in a thread the bot follows then costs no extra round trip.
+        """
+        until = self._known.get(conversation)
+        if until is not None and until > time.monotonic():
+            return True
+        found = await self.store.has_conversation(conversation)
+        if found:
+            self._remember(conversation)
+        return found
+
+    def _remember(self, conversation: str) -> None:
+        known = self._known
+        known.pop(conversation, None)  # re-inserted last: the dict stays oldest first
+        known[conversation] = time.monotonic() + KNOWN_FOR_S
+        if len(known) > KNOWN_MAX:
+            del known[next(iter(known))]
 
     async def reset(self, conversation: str) -> None:
         """The next message in ``conversation`` starts a new backend thread."""

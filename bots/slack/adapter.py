@@ -76,6 +76,7 @@ class SlackAdapter:
         self._identity: BotIdentity | None = None
         self._authorized: AuthorizeResult | None = None
         self._listeners: SlackListeners | None = None
+        self._sinks: SlackSinkFactory | None = None
         self._socket: _TimedSocketModeHandler | None = None
         self._connecting: asyncio.Task[None] | None = None
         self.client: AsyncWebClient | None = None
@@ -100,7 +101,8 @@ class SlackAdapter:
         template = web_client(self._settings, self._session, with_token=False)
         self._listeners = SlackListeners(gateway=self._gateway, client=self.client, identity=self.identity)
         self._app = self._build_app(template, self._listeners)
-        self._gateway.register_platform("slack", SlackSinkFactory(self.client))
+        self._sinks = SlackSinkFactory(self.client)
+        self._gateway.register_platform("slack", self._sinks)
         if self.socket_mode:
             assert self._settings.slack_app_token is not None
             self._socket = _TimedSocketModeHandler(
@@ -119,6 +121,8 @@ class SlackAdapter:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
         if self._listeners is not None:
             await self._listeners.drain()
+        if self._sinks is not None:
+            await self._sinks.aclose()
         self._app = None
         if self._session is not None:
             await self._session.close()

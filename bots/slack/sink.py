@@ -9,7 +9,9 @@ error text); this sink only performs the Slack calls:
   is refused (remembered per channel), for top-level DM answers, after a stream ended (Slack
   ends streams ~5 minutes after they start; ours are stopped before that), and for recovered parts.
 - **Working indicator**: ``assistant.threads.setStatus`` in threads; where that is refused or there
-  is no thread, a reaction on the person's message, removed by ``done()``.
+  is no thread, a reaction on the person's message, removed by ``done()``. ``working()`` does not
+  wait for Slack (the backend request goes out meanwhile instead of one Slack round trip later);
+  every later call on the sink waits for the indicator first, so it still comes before the answer.
 - **Slack errors**: ``ratelimited`` is waited out by the client's retry handler; ``msg_too_long``
   re-splits the part smaller and continues it in further thread replies; errors that make the
   place undeliverable (``not_in_channel``, ``channel_not_found``, …) are logged with a reference
@@ -19,6 +21,7 @@ error text); this sink only performs the Slack calls:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -82,6 +85,13 @@ class SlackSinkFactory:
         self.stream = stream
         self.no_stream_channels: set[str] = set()
         self.no_status_channels: set[str] = set()
+        self.indicators: set[asyncio.Task[None]] = set()  # working indicators still being set
+
+    async def aclose(self) -> None:
+        """Stop indicators still being set (at shutdown, before the HTTP session closes)."""
+        for task in self.indicators:
+            task.cancel()
+        await asyncio.gather(*self.indicators, return_exceptions=True)
 
     async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> SlackReplySink:
         # Parts in existing_refs need no set-up: the first edit of an unknown ref recovers it.
@@ -100,10 +110,32 @@ class SlackReplySink:
         self._undelivered: str | None = None
         self._status_set = False
         self._reacted = False
+        self._indicator: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ working indicator
 
     async def working(self) -> None:
+        """Start showing that the assistant is working; returns at once (see the module docstring)."""
+        task = asyncio.create_task(self._show_working(), name="slack-working-indicator")
+        self._factory.indicators.add(task)
+        task.add_done_callback(self._factory.indicators.discard)
+        self._indicator = task
+
+    async def _indicated(self) -> None:
+        """Wait until the indicator ``working()`` started is in place (or could not be shown)."""
+        task, self._indicator = self._indicator, None
+        if task is not None:
+            await task
+
+    async def _show_working(self) -> None:
+        try:
+            await self._set_status_or_react()
+        except _NETWORK_ERRORS as exc:
+            # Only cosmetic: the answer goes on (and fails there if Slack is really unreachable).
+            log.warning("no working indicator", extra={"event": "slack_indicator_failed", "error": type(exc).__name__,
+                                                       "channel": self._target.channel})
+
+    async def _set_status_or_react(self) -> None:
         target = self._target
         if target.thread_ts and target.channel not in self._factory.no_status_channels:
             try:
@@ -131,6 +163,7 @@ class SlackReplySink:
 
     async def done(self) -> None:
         """Close streams left open, then clear the status or remove the reaction. Never raises for Slack."""
+        await self._indicated()
         for part in self._parts.values():
             if part.streaming:
                 await self._guarded("stop_stream", self._stop_stream(part))
@@ -153,6 +186,7 @@ class SlackReplySink:
 
     async def post(self, text: str) -> str:
         """Start a new message of the answer; returns its ``ts`` (or an ``undelivered:`` ref)."""
+        await self._indicated()
         if self._undelivered is not None:
             return self._undelivered
         try:
@@ -167,6 +201,7 @@ class SlackReplySink:
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None:
         """Make message ``ref`` show ``text`` (the whole part so far); ``final``: it is complete."""
+        await self._indicated()
         if ref.startswith(UNDELIVERED_PREFIX) or self._undelivered is not None:
             return
         part = self._parts.get(ref) or await self._recover(ref)
