@@ -328,6 +328,10 @@ class Engine:
                 state.run = event.run
                 return event
             elif isinstance(event, RunCompleted):
+                if state.run is not None and event.run.thread_id != state.run.thread_id:
+                    # The thread moved on during the run (a Responses chain ends at its last response).
+                    await self.store.record_thread(state.message, state.token, event.run.backend,
+                                                   event.run.thread_id)
                 return None
         return None
 

@@ -1,5 +1,11 @@
-"""Core end to end: real Redis, the real ``openai`` SDK against the Assistants emulator over HTTP,
-real tool endpoints; only the chat platform is an in-memory recording sink (a port fake)."""
+"""Core end to end: real Redis, the real ``openai`` SDK against the emulator over HTTP, real tool
+endpoints; only the chat platform is an in-memory recording sink (a port fake).
+
+Every chat scenario runs on each backend of ``BACKENDS`` (the ``stack`` fixture is parametrised):
+the Assistants API and the Responses API in its three state modes. The emulator counts the user
+messages of the context each request carried, so "message N" proves the history was kept.
+Scenarios that only exist on one API use ``assistants_stack``.
+"""
 
 from __future__ import annotations
 
@@ -18,27 +24,56 @@ from core.models import InboundMessage, Place
 from core.runtime import open_runtime
 from core.store import Store, StoreLimits
 from tests.conftest import RedisServer
-from tests.integration.harness import Stack, open_stack, stack_config
+from tests.integration.harness import BACKENDS, Stack, open_stack, stack_config
 
 REFERENCE = re.compile(r"\(ref SB-[A-Z0-9]{8}\)")
 
+# The requests that carry a new conversation's first message (besides the one-time assistant sync),
+# as prefixes: the thread is created and recorded before the run (record before you start).
+FIRST_MESSAGE_REQUESTS = {
+    "assistants": ["POST /v1/threads/thread_"],
+    "responses:conversations": ["POST /v1/conversations", "POST /v1/responses"],
+    "responses:previous_response_id": ["POST /v1/responses"],
+    "responses:replay": ["POST /v1/responses"],
+}
+FOLLOW_UP_REQUEST = {
+    "assistants": "POST /v1/threads/thread_", "responses:conversations": "POST /v1/responses",
+    "responses:previous_response_id": "POST /v1/responses", "responses:replay": "POST /v1/responses",
+}
+# What tool endpoints see as run_id and thread_id: the run or response, and the thread the backend keeps.
+ID_PREFIXES = {
+    "assistants": ("run_", "thread_"), "responses:conversations": ("resp_", "conv_"),
+    "responses:previous_response_id": ("resp_", "resp_"), "responses:replay": ("resp_", "replay_"),
+}
+
+
+@pytest.fixture(params=BACKENDS)
+async def stack(request: pytest.FixtureRequest, redis_server: RedisServer, redis_client: object
+                ) -> AsyncIterator[Stack]:
+    async with open_stack(redis_server.url, backend=request.param) as s:
+        yield s
+
 
 @pytest.fixture
-async def stack(redis_server: RedisServer, redis_client: object) -> AsyncIterator[Stack]:
+async def assistants_stack(redis_server: RedisServer, redis_client: object) -> AsyncIterator[Stack]:
     async with open_stack(redis_server.url) as s:
         yield s
 
 
-def run_requests(stack: Stack) -> list[str]:
-    return [f"{r.method} {r.path}" for r in stack.emulator.state.requests if "/runs" in r.path]
+def backend_requests(stack: Stack) -> list[str]:
+    """The requests that carried messages: runs, or responses and conversations."""
+    requests = [f"{r.method} {r.path}" for r in stack.emulator.state.requests]
+    if stack.backend == "assistants":
+        return [r for r in requests if "/runs" in r]
+    return [r for r in requests if r.split()[1].startswith(("/v1/responses", "/v1/conversations"))]
 
 
 async def test_new_conversation_creates_one_thread_and_answers(stack: Stack) -> None:
     reply = await stack.ask("hello there")
     assert reply.text == "[emulator] You said: hello there (message 1 in this thread)"
-    assert len(stack.emulator.state.threads) == 1
-    # One backend request carries the message: create-and-run (plus the one-time assistant sync).
-    assert run_requests(stack) == ["POST /v1/threads/runs"]
+    assert await stack.contexts() == 1
+    requests, expected = backend_requests(stack), FIRST_MESSAGE_REQUESTS[stack.backend]
+    assert len(requests) == len(expected) and all(map(str.startswith, requests, expected)), requests
     assert reply.working == 1 and reply.done_calls == 1
 
 
@@ -46,15 +81,15 @@ async def test_follow_up_reuses_the_thread(stack: Stack) -> None:
     await stack.ask("first")
     reply = await stack.ask("second")
     assert reply.text.endswith("(message 2 in this thread)")
-    assert len(stack.emulator.state.threads) == 1
-    assert run_requests(stack)[-1].startswith("POST /v1/threads/thread_")
+    assert await stack.contexts() == 1
+    assert backend_requests(stack)[-1].startswith(FOLLOW_UP_REQUEST[stack.backend])
 
 
 async def test_separate_conversations_get_separate_threads(stack: Stack) -> None:
     await stack.ask("one", conversation="console:t:a")
     reply = await stack.ask("two", conversation="console:t:b")
     assert reply.text.endswith("(message 1 in this thread)")
-    assert len(stack.emulator.state.threads) == 2
+    assert await stack.contexts() == 2
 
 
 async def test_tool_call_end_to_end_signed(stack: Stack) -> None:
@@ -63,7 +98,8 @@ async def test_tool_call_end_to_end_signed(stack: Stack) -> None:
     body = stack.weather.received[0]
     assert body["tool"] == "get_weather" and body["arguments"] == {"location": "Lisbon"}
     assert body["context"]["conversation"] == "console:t:c1"
-    assert body["run_id"].startswith("run_") and body["thread_id"].startswith("thread_")
+    run_prefix, thread_prefix = ID_PREFIXES[stack.backend]
+    assert body["run_id"].startswith(run_prefix) and body["thread_id"].startswith(thread_prefix)
     assert reply.text.startswith("[emulator] The tool said: ")
     assert "Lisbon" in reply.text
 
@@ -91,7 +127,8 @@ async def test_plain_text_tool_answer_is_used_as_is(stack: Stack) -> None:
     assert reply.text == "[emulator] The tool said: plain words, not JSON"
 
 
-async def test_functions_the_profile_does_not_list_are_never_sent(stack: Stack) -> None:
+async def test_functions_the_profile_does_not_list_are_never_sent(assistants_stack: Stack) -> None:
+    stack = assistants_stack
     client = stack.runtime.backends.clients["default"]
     fn = {"type": "object", "properties": {}}
     assistant = await client.beta.assistants.create(model="m", tools=[
@@ -124,15 +161,25 @@ async def test_redelivered_event_is_answered_once(stack: Stack) -> None:
     reply = await stack.answer(first)
     await asyncio.sleep(0.3)
     assert reply.posts == 1 and len(stack.sinks.order) == 1
-    assert len(stack.emulator.state.threads) == 1
+    assert await stack.contexts() == 1
 
 
-@pytest.mark.parametrize(("directive", "wording"), [
-    ("!fail", "failed"), ("!expire", "expired"), ("!cancel", "cancelled"), ("!incomplete", "cut short"),
-])
+@pytest.mark.parametrize(("directive", "wording"), [("!fail", "failed"), ("!incomplete", "cut short")])
 async def test_run_ending_badly_gives_a_clear_error_with_reference(
     stack: Stack, directive: str, wording: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    await _assert_clear_error(stack, directive, wording, caplog)
+
+
+@pytest.mark.parametrize(("directive", "wording"), [("!expire", "expired"), ("!cancel", "cancelled")])
+async def test_assistants_run_ending_badly_gives_a_clear_error_with_reference(
+    assistants_stack: Stack, directive: str, wording: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Runs expire and are cancelled on the Assistants API only; a streamed response does neither.
+    await _assert_clear_error(assistants_stack, directive, wording, caplog)
+
+
+async def _assert_clear_error(stack: Stack, directive: str, wording: str, caplog: pytest.LogCaptureFixture) -> None:
     reply = await stack.ask(f"please {directive}")
     assert wording in reply.text
     match = REFERENCE.search(reply.text)
@@ -156,10 +203,11 @@ async def test_backend_429_is_retried_by_the_sdk(stack: Stack) -> None:
     assert reply.text.startswith("[emulator] You said: after a rate limit")
 
 
-async def test_dropped_stream_is_reported(stack: Stack) -> None:
+async def test_dropped_stream_is_resumed(stack: Stack) -> None:
+    # The run (or stored response) is re-attached to; a replayed turn is sent again.
     reply = await stack.ask("hello !drop")
-    assert REFERENCE.search(reply.text)
-    assert "unavailable" in reply.text or "failed" in reply.text
+    assert reply.text == "[emulator] You said: hello (message 1 in this thread)"
+    assert reply.done_calls == 1
 
 
 async def test_reset_starts_a_new_thread(stack: Stack) -> None:
@@ -167,7 +215,7 @@ async def test_reset_starts_a_new_thread(stack: Stack) -> None:
     await stack.runtime.gateway.reset("console:t:c1")
     reply = await stack.ask("after reset")
     assert reply.text.endswith("(message 1 in this thread)")
-    assert len(stack.emulator.state.threads) == 2
+    assert await stack.contexts() == 2
 
 
 async def test_long_answer_is_split_into_parts(stack: Stack) -> None:
@@ -186,8 +234,9 @@ async def test_oversized_and_empty_messages_are_rejected(stack: Stack) -> None:
     assert stack.emulator.state.requests == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_message_accepted_while_no_worker_runs_is_answered_later(redis_server: RedisServer,
-                                                                       redis_client: object) -> None:
+                                                                       redis_client: object, backend: str) -> None:
     # Intake alone (as a process that dies right after acknowledging the platform would leave it)…
     async with Store.connect(redis_server.url) as redis:
         gateway = Gateway(store=Store(redis, keys=Keys(), limits=StoreLimits()),
@@ -196,7 +245,7 @@ async def test_message_accepted_while_no_worker_runs_is_answered_later(redis_ser
                                  place=Place(platform="console", workspace="t", channel="c", user="u"))
         await gateway.accept(message)
     # …then a new process on the same Redis answers it.
-    async with open_stack(redis_server.url) as second:
+    async with open_stack(redis_server.url, backend=backend) as second:
         reply = await second.answer(message.id, timeout_s=20)
         assert reply.text.startswith("[emulator] You said: are you there?")
 
