@@ -7,14 +7,13 @@ binding keys' hash tag (``core.keys``) and is trimmed to ``max_entries``.
 
 An entry records who (``actor``: a platform user ID, or the OS user for the CLI), how
 (``via``: ``chat`` or ``cli``), where (platform, workspace, channel or ``*`` for the
-workspace default), when (``at``, Unix seconds) and what (``old`` → ``new``; ``None`` means
+workspace default), when (``at``, Unix seconds by Redis' clock) and what (``old`` → ``new``; ``None`` means
 "no run-time binding": the config file decides).
 """
 
 from __future__ import annotations
 
 import heapq
-import time
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -27,15 +26,18 @@ Via = Literal["chat", "cli"]
 WORKSPACE = "*"
 """The ``channel`` of a workspace/guild default."""
 
-# KEYS: binding, audit stream; ARGV: new profile ('' = unset), max entries, then entry field/value pairs
+# KEYS: binding, audit stream; ARGV: new profile ('' = unset), max entries, then entry field/value pairs.
+# ``at`` is Redis' clock, to the microsecond: one clock orders the changes of every process and workspace.
 _CHANGE = """
 local old = redis.call('GET', KEYS[1]) or ''
-if old == ARGV[1] then return {0, old} end
+if old == ARGV[1] then return {0, old, ''} end
 if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end
-local entry = {'old', old, 'new', ARGV[1]}
+local t = redis.call('TIME')
+local at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local entry = {'old', old, 'new', ARGV[1], 'at', at}
 for i = 3, #ARGV do entry[#entry + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', unpack(entry))
-return {1, old}
+return {1, old, at}
 """
 
 
@@ -76,18 +78,16 @@ class BindingLog:
                      actor: str, via: Via) -> BindingChange | None:
         """Bind ``profile`` (``None``: remove the run-time binding) at ``channel`` (``*``: the workspace
         default). Returns the change as recorded, or ``None`` when the binding already was that."""
-        at = time.time()
-        fields = {"platform": platform, "workspace": workspace, "channel": channel, "actor": actor, "via": via,
-                  "at": f"{at:.3f}"}
+        fields = {"platform": platform, "workspace": workspace, "channel": channel, "actor": actor, "via": via}
         args: list[str | int] = [profile or "", self.max_entries]
         for name, value in fields.items():
             args += [name, value]
-        changed, old = await self._change(
+        changed, old, at = await self._change(
             keys=[self.keys.binding(platform, workspace, channel), self.keys.audit(platform, workspace)], args=args)
         if not int(changed):
             return None
         return BindingChange(platform=platform, workspace=workspace, channel=channel, old=str(old) or None,
-                             new=profile, actor=actor, via=via, at=at)
+                             new=profile, actor=actor, via=via, at=float(at))
 
     @translate_errors
     async def history(self, *, platform: str | None = None, workspace: str | None = None,
@@ -98,7 +98,7 @@ class BindingLog:
         else:
             streams = [key async for key in self.redis.scan_iter(match=self.keys.audit_pattern(), count=500)]
         per_stream = [await self._latest(stream, limit) for stream in streams]
-        merged = heapq.merge(*per_stream, key=lambda change: _order(change.entry_id))
+        merged = heapq.merge(*per_stream, key=lambda change: (change.at, _order(change.entry_id)))
         changes = [c for c in merged if platform in (None, c.platform) and workspace in (None, c.workspace)]
         return changes[-limit:] if limit else changes
 
