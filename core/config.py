@@ -162,6 +162,10 @@ class RateLimitConfig(_Strict):
             parse_rate(value)
         return value
 
+    @property
+    def is_set(self) -> bool:
+        return bool(self.per_user or self.per_channel)
+
     def user_limit(self) -> RateLimit | None:
         return parse_rate(self.per_user) if self.per_user else None
 
@@ -194,7 +198,7 @@ class ProfileConfig(_Strict):
     truncation_strategy: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     # intake
-    rate_limit: RateLimitConfig | None = None
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @property
     def is_definition(self) -> bool:
@@ -257,7 +261,7 @@ class GatewayConfig(_Strict):
     run_timeout_s: float = Field(default=600.0, gt=0)
     max_message_chars: int = Field(default=16_000, ge=1)
     max_tool_rounds: int = Field(default=16, ge=1)
-    lease_ttl_s: float = Field(default=10.0, ge=2)
+    lease_ttl_s: float = Field(default=30.0, ge=2)
     # On SIGTERM: how long answers in flight may take to finish before they are handed to another process.
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     dedupe_ttl_s: int = Field(default=86_400, ge=60)

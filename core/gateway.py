@@ -112,11 +112,11 @@ class Gateway:
             MESSAGES_RECEIVED.labels(platform=place.platform, outcome="not_enabled").inc()
             first = await access.first_notice(self.store.redis, self.store.keys, place)
             raise NotEnabledHere(access.refusal(place), silent=not first)
-        if not any(p.rate_limit for p in config.profiles.values()):
+        if not any(p.rate_limit.is_set for p in config.profiles.values()):
             return  # no limits configured: no Redis round trip
         profile = message.profile or (await self.bindings.resolve(place)).profile
         chosen = config.profiles.get(profile)  # None if a reload removed it meanwhile
-        if chosen is None or chosen.rate_limit is None:
+        if chosen is None or not chosen.rate_limit.is_set:
             return
         refusal = await self.limiter.hit(place=place, profile=profile, limits=chosen.rate_limit,
                                          event_id=message.event_id)
