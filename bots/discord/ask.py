@@ -25,6 +25,7 @@ from bots.discord.origin import (
 )
 from bots.discord.rest import describe
 from bots.discord.services import FAILURES, Services, bot_id, defer, need
+from core.access import refusal
 from core.models import InboundMessage
 from core.tracing import new_traceparent
 
@@ -46,6 +47,11 @@ class AskCog(commands.Cog):
         services = need(self._services)
         origin = channel_origin(interaction.channel, user_id=interaction.user.id, guild_id=interaction.guild_id,
                                 bot_id=bot_id(self.bot))
+        if not services.gateway.allowed_here(place_of(origin)):
+            # Asked in person, so always answered (mentions there are told once a day); no thread is opened.
+            await self._tell(interaction, refusal(place_of(origin)), thread=None, deferred=deferred,
+                             original_used=False)
+            return
         thread, original_used = None, False
         if isinstance(interaction.channel, discord.TextChannel):  # text and announcement channels hold threads
             thread, original_used = await self._open_thread(interaction, interaction.channel, services, prompt,

@@ -149,6 +149,9 @@ async def test_guild_outside_the_allowlist_is_told_once(redis_server: RedisServe
         await emu.user_message("still there?", mention_bot=True)
         await asyncio.sleep(0.3)
         assert len(emu.bot_messages(emu.channel_id)) == 1
-        assert stack.emulator.state.threads == {}
+        ask = await emu.slash("ask", [{"name": "prompt", "type": 3, "value": "and /ask?"}])
+        await emu.wait_until(lambda: bool(ask.original_id and emu.messages[ask.original_id].content))
+        assert "not enabled in this channel" in emu.messages[ask.original_id or ""].content  # asked: always told
+        assert not emu.threads() and stack.emulator.state.threads == {}
         dm = emu.dm_channel(emu.user_id)
         await mention(stack, emu, "DMs are allowed", channel_id=dm)
