@@ -261,7 +261,7 @@ class GatewayConfig(_Strict):
     run_timeout_s: float = Field(default=600.0, gt=0)
     max_message_chars: int = Field(default=16_000, ge=1)
     max_tool_rounds: int = Field(default=16, ge=1)
-    lease_ttl_s: float = Field(default=30.0, ge=2)
+    lease_ttl_s: float = Field(default=10.0, ge=2)
     # On SIGTERM: how long answers in flight may take to finish before they are handed to another process.
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     dedupe_ttl_s: int = Field(default=86_400, ge=60)
