@@ -66,8 +66,24 @@ async def _check_backends(settings: Settings, config: Config) -> list[str]:
             problems += exc.problems
             continue
         async with client:
-            problems += await _check_backend(name, client, config)
+            if config.backends[name].kind == "responses":
+                problems += await _check_responses_backend(name, client)
+            else:
+                problems += await _check_backend(name, client, config)
     return problems
+
+
+async def _check_responses_backend(name: str, client: openai.AsyncOpenAI) -> list[str]:
+    """A Responses server keeps no assistants: it is reachable if it answers ``GET /models`` with
+    anything but an authentication error (some local servers have no such route: 404 is fine)."""
+    try:
+        await client.models.list()
+    except (openai.NotFoundError, openai.BadRequestError):
+        pass
+    except openai.APIError as exc:
+        return [f"backend {name}: {_describe(exc)}"]
+    print(f"ok   backend {name} (responses) reachable at {client.base_url}")
+    return []
 
 
 async def _check_backend(name: str, client: openai.AsyncOpenAI, config: Config) -> list[str]:

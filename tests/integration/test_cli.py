@@ -103,6 +103,20 @@ async def test_check_passes_against_reachable_dependencies(
     assert code == 1 and "profiles.fixed.assistant_id: asst_missing not found" in out
 
 
+async def test_check_a_responses_backend_without_assistants(
+    tmp_path: Path, redis_server: RedisServer, emulator: AssistantsEmulator,
+) -> None:
+    config = tmp_path / "responses.yaml"
+    config.write_text("backends:\n  local: {kind: responses, state: replay}\n"
+                      "profiles:\n  chat: {backend: local, model: m}\n")
+    env = clean_env(SWITCHBOARD_CONFIG=str(config), REDIS_URL=redis_server.url,
+                    OPENAI_BASE_URL=emulator.base_url, OPENAI_API_KEY="k")
+    code, out, err = await switchboard("check", env=env)
+    assert code == 0, out + err
+    assert "backend local (responses) reachable" in out
+    assert not [r for r in emulator.state.requests if "/assistants" in r.path]
+
+
 async def test_console_with_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(GOOD_CONFIG.format(assistant_id="asst_1"))
