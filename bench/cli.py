@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -21,9 +22,9 @@ from bench.system import System, SystemOptions, running_system
 Phase = Callable[[System, Plan], Awaitable[dict[str, Any]]]
 PHASES: dict[str, Phase] = {
     "trace": lambda system, _plan: phases.trace(system),
+    "memory": phases.memory,  # early: later phases' peaks would hide the growth it measures
     "ack": phases.ack,
     "concurrent": phases.concurrent,
-    "memory": phases.memory,
     "throughput": phases.throughput,
 }
 DEADLINE_S = {"quick": 90.0, "full": 900.0}
@@ -99,6 +100,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan: Plan = args.plan
     options = SystemOptions(latency_s=args.latency_s, chunks=args.chunks, direct_redis=args.direct_redis)
     results: dict[str, Any] = {}
+    this = asyncio.current_task()
+    assert this is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)  # stop everything, as Ctrl-C does
     async with asyncio.timeout(DEADLINE_S[mode]):
         with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
             async with running_system(options, Path(tmp)) as system:
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         document = asyncio.run(run(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted; everything it started was stopped", file=sys.stderr)
         return 130
     except ChildFailed as exc:

@@ -23,6 +23,7 @@ import aiohttp
 from core.emulator.assistants import AssistantsEmulator
 from tests.emulators.slack import SlackEmulator
 
+MAX_CONNECTIONS = 400
 FINAL_WRITES = frozenset({"chat.stopStream", "chat.update", "chat.postMessage"})
 ANSWER_END = "in this thread)"
 _ANSWER_TAG = re.compile(r"You said: bench (m\d+) ")
@@ -41,6 +42,7 @@ class Sample:
     error: str | None = None
     answered_at: float | None = None
     backend_s: float = 0.0
+    abandoned: bool = False  # waited for in vain: counted unanswered, not waited for again
 
     @property
     def e2e_s(self) -> float | None:
@@ -85,9 +87,15 @@ class Tracker:
 
     async def drain(self, timeout_s: float) -> int:
         """Wait (up to ``timeout_s``) until every message sent so far was answered; returns how many were
-        still unanswered (messages the gateway refused are not waited for)."""
-        outstanding = [s for s in self.samples.values() if s.answered_at is None and s.status == 200]
+        still unanswered (refused and abandoned messages are not waited for)."""
+        outstanding = [s for s in self.samples.values()
+                       if s.answered_at is None and s.status == 200 and not s.abandoned]
         return await self.wait(outstanding, timeout_s)
+
+    def abandon(self, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            if sample.answered_at is None:
+                sample.abandoned = True
 
     def attribute_backend_time(self, emulator: AssistantsEmulator) -> None:
         """Copy each run's ``backend_s`` to the sample whose message started it (its tag ends the prompt)."""
@@ -142,7 +150,8 @@ class Sender:
     session: aiohttp.ClientSession = field(init=False)
 
     async def __aenter__(self) -> Sender:
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # Enough connections for any open-loop rate here, few enough for the default 1024 open files.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

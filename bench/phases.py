@@ -1,10 +1,10 @@
 """The measurements, each a phase run on the same system one after another.
 
 - ``trace``: one new conversation and one reply on an idle gateway, every Redis exchange in order;
+- ``memory``: RSS per idle conversation, after creating N conversations;
 - ``ack``: open-loop arrivals at a fixed rate (ack latency as the sender sees it);
 - ``concurrent``: many conversations talking at once, at most one message each waiting for its answer
   (gateway-added latency: event sent -> final answer written, minus the backend's time for that run);
-- ``memory``: RSS per idle conversation, after creating N conversations;
 - ``throughput``: open-loop steps of increasing rate until one is not sustained.
 
 Every load phase also reports gateway CPU, Redis commands and round trips per message (``meter``).
@@ -45,8 +45,8 @@ class Plan:
     answer_timeout_s: float
 
 
-QUICK = Plan(ack_rate=100, ack_s=2, conversations=200, period_s=2, concurrent_s=3, memory_warm=50,
-             memory_count=150, memory_in_flight=50, rates=(50, 100, 200), step_s=1, answer_timeout_s=10)
+QUICK = Plan(ack_rate=50, ack_s=2, conversations=200, period_s=4, concurrent_s=3, memory_warm=30,
+             memory_count=100, memory_in_flight=50, rates=(50, 100), step_s=1, answer_timeout_s=10)
 FULL = Plan(ack_rate=100, ack_s=30, conversations=200, period_s=2, concurrent_s=60, memory_warm=300,
             memory_count=3000, memory_in_flight=50,
             rates=(10, 20, 35, 50, 70, 100, 140, 200, 280, 400, 560, 800), step_s=8, answer_timeout_s=30)
@@ -60,6 +60,7 @@ async def measured(system: System, load: Load, *, answer_timeout_s: float) -> tu
     started = time.perf_counter()
     samples = await load()
     unanswered = await system.tracker.wait(samples, answer_timeout_s)
+    system.tracker.abandon(samples)
     await asyncio.sleep(SETTLE_S)
     after = await system.meter.read()
     system.tracker.attribute_backend_time(system.assistants)
