@@ -55,8 +55,17 @@ from core.models import (
     ToolCallsRequired,
     ToolOutput,
 )
-from core.ports import Backend, ReplySink, Resumable, ServerThreads, ToolContext, ToolRunner, Turn
-from core.recovery import RETRYABLE, Backoff, FencedSink, LeaseClock, RetryPolicy
+from core.ports import (
+    Backend,
+    FindsPostedParts,
+    ReplySink,
+    Resumable,
+    ServerThreads,
+    ToolContext,
+    ToolRunner,
+    Turn,
+)
+from core.recovery import RETRYABLE, Backoff, FencedSink, LeaseClock, RetryPolicy, despite_cancel
 from core.reply import OnPosted, ReplyWriter
 from core.store import Pending, Store, retry_unavailable
 
@@ -124,8 +133,11 @@ class Engine:
         """
         message = pending.message
         attempts = int(pending.record.get("attempts", "0")) + 1
+        interrupted = attempts - int(pending.record.get("handbacks", "0"))  # hand-backs are not failures
         timeout_s = self.gateway.config.gateway.run_timeout_s
         deadline_at = float(pending.record.get("deadline_at") or time.time() + timeout_s)
+        log.info("answering", extra={"event": "answer_started", "message_id": message.id, "attempt": attempts,
+                                     "conversation": message.conversation, "recorded_status": pending.status})
         fields = {"attempts": str(attempts), "deadline_at": f"{deadline_at:.3f}"}
         if pending.run is None:
             fields["status"] = "starting"  # from here on a run may exist: recovery checks before starting one
@@ -134,20 +146,39 @@ class Engine:
         if factory is None:
             raise NoSinkForPlatform(f"no adapter for {message.place.platform} in this process")
         sink = await factory.open(message=message, existing_refs={str(k): v for k, v in pending.reply_refs.items()})
-        refs = dict(pending.reply_refs)
+        refs = await self._known_parts(sink, pending)
 
         async def on_posted(index: int, ref: str) -> None:
             refs[index] = ref
             REPLIES_POSTED.labels(platform=message.place.platform).inc()
-            await self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
+            record = self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
+            await despite_cancel(record)
 
-        fenced = FencedSink(sink, held=held, conversation=message.conversation)
-        writer = ReplyWriter(fenced, on_posted=on_posted, existing_refs=pending.reply_refs)
+        async def keep_interrupted(ref: str) -> None:
+            # Parts are posted in order, so a post the writer never saw finish is the next part.
+            await on_posted(len(refs), ref)
+
+        if refs != pending.reply_refs:  # adopted parts: recorded at once, should this attempt die too
+            await self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
+        fenced = FencedSink(sink, held=held, conversation=message.conversation, keep_interrupted=keep_interrupted)
+        writer = ReplyWriter(fenced, on_posted=on_posted, existing_refs=refs)
         loop_deadline = asyncio.get_running_loop().time() + (deadline_at - time.time())
         state = _RunState(message=message, token=token, writer=writer, sink=sink, fenced=fenced,
                           on_posted=on_posted, deadline=loop_deadline, run=pending.run,
                           maybe_started=pending.status == "starting")
-        return await self._answer_with(state, pending, attempts)
+        return await self._answer_with(state, pending, interrupted)
+
+    async def _known_parts(self, sink: ReplySink, pending: Pending) -> dict[int, str]:
+        """The chat messages this answer already has: recorded ones, and after an interrupted
+        attempt those the sink finds that were posted but never recorded."""
+        refs = dict(pending.reply_refs)
+        if pending.status == "queued" or not isinstance(sink, FindsPostedParts):
+            return refs
+        found = {index: ref for index, ref in (await sink.posted_parts()).items() if index not in refs}
+        if found:
+            log.info("adopting parts an interrupted attempt posted", extra={
+                "event": "parts_adopted", "message_id": pending.message.id, "parts": sorted(found)})
+        return refs | found
 
     async def _persist(self, held: LeaseClock | None, op: Callable[[], Awaitable[T]]) -> T:
         """A fenced write that rides out a short Redis outage while the lease is certainly ours."""
@@ -161,7 +192,7 @@ class Engine:
             await state.writer.start()
             if attempts > MAX_ATTEMPTS:
                 await self._give_up(state)
-                raise BackendError(f"gave up after {attempts - 1} attempts")
+                raise BackendError(f"gave up after {attempts - 1} interrupted attempts")
             await self._run(state, pending)
             await state.writer.finish()
             return "answered"

@@ -117,6 +117,20 @@ class ReplySink(Protocol):
         """Clear the working indicator; called once, whatever the outcome."""
 
 
+@runtime_checkable
+class FindsPostedParts(Protocol):
+    """Optional ``ReplySink`` capability, for recovery. An attempt killed between the platform's
+    answer to a post and the write that records it leaves a chat message nobody knows; without
+    this capability the next attempt posts that part again (a stray partial message remains).
+
+    ``posted_parts`` returns the parts of *this* answer found on the platform (part index ->
+    message ref), e.g. by a marker the sink put on each message it posted. The engine asks only
+    when an earlier attempt was interrupted; recorded refs win over found ones.
+    """
+
+    async def posted_parts(self) -> Mapping[int, str]: ...
+
+
 class ReplySinkFactory(Protocol):
     async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> ReplySink:
         """A sink for answering ``message``; ``existing_refs`` are parts already posted (recovery)."""

@@ -6,6 +6,9 @@ when the conversation's lease is no longer ours.
 - ``FencedSink``: wraps the chat sink of one answer. Before every post or edit it asks the
   worker's lease clock whether the lease is still certainly ours; if not it raises ``LeaseLost``,
   so a process that lost its conversation (stalled, cut off from Redis) posts nothing more.
+- ``despite_cancel``: a post and the write that records it must not be torn apart by a
+  cancellation (shutdown, lease lost): the chat message would exist without a record, and the
+  next holder would post a second one. Both are finished first; then the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from core.errors import BackendError, BackendRateLimited, BackendTimeout, BackendUnavailable, LeaseLost
 from core.ports import ReplySink
@@ -25,6 +29,24 @@ RETRYABLE: tuple[type[BackendError], ...] = (BackendRateLimited, BackendUnavaila
 
 LeaseClock = Callable[[], bool]
 """True while the conversation's lease is certainly still ours (by this process's clock)."""
+SETTLE_S = 5.0
+"""How long a cancelled post or record may take to finish before it is abandoned."""
+T = TypeVar("T")
+
+
+async def despite_cancel(step: Awaitable[T], *, on_cancel: Callable[[T], Awaitable[None]] | None = None) -> T:
+    """``await step``, but if the caller is cancelled meanwhile, let the step finish (up to
+    ``SETTLE_S``), pass its result to ``on_cancel``, and only then re-raise the cancellation."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait([task], timeout=SETTLE_S)
+        if not done:
+            task.cancel()
+        elif on_cancel is not None and not task.cancelled() and task.exception() is None:
+            await asyncio.wait_for(on_cancel(task.result()), SETTLE_S)
+        raise
 
 
 @dataclass(frozen=True)
@@ -71,10 +93,15 @@ class Backoff:
 class FencedSink:
     """``ReplySink`` that refuses to write (``LeaseLost``) once ``held()`` says the lease may be gone."""
 
-    def __init__(self, sink: ReplySink, *, held: LeaseClock | None, conversation: str) -> None:
+    def __init__(
+        self, sink: ReplySink, *, held: LeaseClock | None, conversation: str,
+        keep_interrupted: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        """``keep_interrupted(ref)`` records a message whose post finished after a cancellation."""
         self._sink = sink
         self._held = held
         self._conversation = conversation
+        self._keep_interrupted = keep_interrupted
         self.limit_chars = sink.limit_chars
         self.min_edit_interval_s = sink.min_edit_interval_s
 
@@ -83,7 +110,7 @@ class FencedSink:
 
     async def post(self, text: str) -> str:
         self._check()
-        return await self._sink.post(text)
+        return await despite_cancel(self._sink.post(text), on_cancel=self._keep_interrupted)
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None:
         self._check()

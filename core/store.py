@@ -12,9 +12,10 @@ the lease up only when the inbox is empty, so a message that arrives meanwhile i
 process takes it now.
 
 A message record (``{t}:msg:<id>``) says how far answering got, so recovery can go on from there:
-``status`` (queued → starting → running → answered | failed), ``attempts``, ``thread`` and
-``deadline_at`` (set before a run is started), ``run`` (RunRef JSON, set when the run exists)
-and ``refs`` (chat messages already posted, by part index).
+``status`` (queued → starting → running → answered | failed), ``attempts`` and ``handbacks``
+(attempts that ended by a graceful hand-back), ``deadline_at`` (set before a run is started),
+``run`` (RunRef JSON, set when the run exists), ``refs`` (chat messages already posted, by part
+index) and ``run_cancelled`` (why the gateway cancelled the run, if it did).
 """
 
 from __future__ import annotations
@@ -92,11 +93,14 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS: lease, inbox, work stream; ARGV: token, conversation
+# KEYS: lease, inbox, work stream; ARGV: token, conversation, msg key prefix
 _HAND_BACK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1])
-if redis.call('LLEN', KEYS[2]) == 0 then return 0 end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return 0 end
+local msg = ARGV[3] .. head
+if redis.call('EXISTS', msg) == 1 then redis.call('HINCRBY', msg, 'handbacks', 1) end
 redis.call('XADD', KEYS[3], '*', 'conv', ARGV[2], 'msg', '')
 return 1
 """
@@ -345,12 +349,13 @@ class Store:
     @translate_errors
     async def hand_back(self, conversation: str, token: str) -> bool:
         """Give the lease up now, messages waiting or not, and signal the conversation again if
-        any wait, so another process answers them without waiting for the lease to expire.
+        any wait, so another process answers them without waiting for the lease to expire. The
+        inbox head's record counts it (``handbacks``): a hand-back is not a failed attempt.
         False if the lease was not ours any more (nothing changed)."""
         k = self.keys
         result = int(await self._hand_back(
             keys=[k.lease(conversation), k.inbox(conversation), k.work_for(conversation)],
-            args=[token, conversation],
+            args=[token, conversation, k.msg(conversation, "")],
         ))
         return result >= 0
 

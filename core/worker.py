@@ -226,6 +226,8 @@ class Worker:
             return False
         for conv, still_held in results.items():
             driver = drivers[conv]
+            if self._drivers.get(conv) is not driver:
+                continue  # released (or handed back) while the renewal was on its way
             if still_held:
                 driver.valid_until = sent_at + self.lease_ttl_s * LEASE_TRUST
             elif not driver.lost:
@@ -292,6 +294,8 @@ class Worker:
                 status = await self.engine.answer(pending, token, held=driver.held)
             complete = functools.partial(self.store.complete, conv, token, pending.message.id, status=status)
             self._update_depth(driver, await self._fenced(driver, complete))
+            log.info("message done", extra={"event": "message_done", "conversation": conv,
+                                            "message_id": pending.message.id, "status": status})
         await self._hand_back(driver)
         return True
 

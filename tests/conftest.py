@@ -61,6 +61,28 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """Stop like a crash (SIGKILL): only what the AOF already holds survives."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def crash_restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the fault-injection suite at soak size (thousands of messages)")
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    """True with ``--soak``: long-running suites use their large size."""
+    return bool(request.config.getoption("--soak"))
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

@@ -23,10 +23,18 @@ from openai import AsyncOpenAI
 from openai.types.beta import AssistantStreamEvent
 from openai.types.beta import assistant_stream_event as ev
 from openai.types.beta.threads import Run, TextDeltaBlock
+from redis.exceptions import RedisError
 
 from core.backends.catalog import AssistantCatalog
 from core.backends.errors import STREAM_ERRORS, translate
-from core.errors import BackendBadRequest, BackendError, BackendTimeout, BackendUnavailable, RunEnded
+from core.errors import (
+    BackendBadRequest,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    RunEnded,
+    StoreUnavailable,
+)
 from core.models import RunCompleted, RunEvent, RunRef, RunStarted, TextDelta, ToolCall, ToolCallsRequired, ToolOutput
 from core.ports import Turn
 
@@ -71,7 +79,12 @@ class AssistantsBackend:
         self.cancel_timeout_s = cancel_timeout_s
 
     async def run(self, *, turn: Turn) -> AsyncIterator[RunEvent]:
-        assistant_id = await self.catalog.assistant_id(turn.profile_name, turn.profile)
+        try:
+            assistant_id = await self.catalog.assistant_id(turn.profile_name, turn.profile)
+        except RedisError as exc:
+            # The catalog caches assistant IDs in Redis: unreachable, this attempt stops and the
+            # message waits for the next one (never an error answer for a Redis restart).
+            raise StoreUnavailable(f"assistant catalog: {type(exc).__name__}") from exc
         tag = {MESSAGE_TAG: turn.message_id}
         # Plain dicts: the SDK's TypedDict params describe the same JSON.
         message: Any = {"role": "user", "content": turn.text, "metadata": tag}

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from core.recovery import FencedSink, RetryPolicy
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from tests.conftest import RedisServer, free_port
-from tests.integration.harness import RecordingSinks, Reply, ToolEndpoints, stack_config
+from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, stack_config
 
 LEASE_TTL_S = 2.0
 FAST_RETRY = RetryPolicy(deadline_s=5.0, first_delay_s=0.05, max_delay_s=0.2)
@@ -251,6 +252,39 @@ async def test_crash_after_the_answer_was_written_but_not_recorded(cluster: Clus
     assert len(cluster.runs_on(only_thread(cluster))) == 1
 
 
+class FindingSinks(RecordingSinks):
+    """Recording sinks that can find the parts an answer already has (``FindsPostedParts``)."""
+
+    async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> RecordingSink:
+        sink = await super().open(message=message, existing_refs=existing_refs)
+        reply = self.reply(message.id)
+
+        async def posted_parts() -> dict[int, str]:
+            return {int(ref.rsplit("-", 1)[1]): ref for ref in reply.parts}
+
+        sink.posted_parts = posted_parts  # type: ignore[attr-defined]
+        return sink
+
+
+async def test_a_part_posted_but_never_recorded_is_adopted_not_posted_again(cluster: Cluster) -> None:
+    cluster.sinks = FindingSinks()
+    async with cluster.process() as proc:
+        await proc.runtime.worker.drain(0)
+        await proc.task
+        message = await cluster.send(proc, "say it once", conversation="console:t:orphan")
+        store = proc.runtime.store
+        # A process killed right after the chat platform took its post, before the record:
+        assert await store.acquire(message.conversation, "dead")
+        await store.record(message, "dead", status="starting", attempts="1")
+        sink = await cluster.sinks.open(message=message, existing_refs={})
+        orphan = await sink.post("[emulator] You")
+        await store.redis.delete(store.keys.lease(message.conversation))
+    async with cluster.process() as second:
+        reply = await cluster.answered(message)
+        assert json.loads((await record_of(second, message))["refs"]) == {"0": orphan}
+    assert reply.posts == 1 and reply.parts == {orphan: "[emulator] You said: say it once (message 1 in this thread)"}
+
+
 async def test_several_crashes_in_a_row_still_answer_once_in_order(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -419,3 +453,11 @@ async def test_work_stream_lost_with_redis_is_recreated(cluster: Cluster) -> Non
         groups = await store.redis.xinfo_groups(store.keys.work(0))
     assert reply.text.startswith("[emulator] You said: after the loss")
     assert [g["name"] for g in groups] == [WORK_GROUP]
+
+
+def test_failover_defaults_are_seconds_not_minutes() -> None:
+    from core.config import GatewayConfig
+    from core.store import StoreLimits
+
+    assert GatewayConfig().lease_ttl_s == StoreLimits().lease_ttl_s == 10.0
+    assert GatewayConfig().shutdown_grace_s == 20.0
