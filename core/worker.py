@@ -67,6 +67,8 @@ class _Driver:
     remaining: int = 0
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    closing: bool = False
+    """Handing the conversation back: signals that arrive now are put back, not taken."""
 
     def held(self) -> bool:
         """True while the lease is certainly still ours (see ``LEASE_TRUST``)."""
@@ -159,11 +161,13 @@ class Worker:
 
     async def _on_signal(self, conversation: str, entry_id: str, *, reclaimed: bool, retry: bool = True) -> None:
         driver = self._drivers.get(conversation)
-        if driver is not None:
+        if driver is not None and not driver.closing:
             driver.entries.append(entry_id)
             return
-        if self._stopping.is_set():
-            await self.store.resignal(conversation, [entry_id])  # for a worker that is not stopping
+        if self._stopping.is_set() or driver is not None:
+            # For a worker that is not stopping. Never taken into a driver that is handing back:
+            # its acknowledgement would swallow a signal that came after the inbox was checked.
+            await self.store.resignal(conversation, [entry_id])
             return
         token = uuid.uuid4().hex
         sent_at = time.monotonic()
@@ -306,10 +310,12 @@ class Worker:
     async def _hand_back(self, driver: _Driver) -> None:
         """Give the conversation up now and signal it again for another worker (never raises)."""
         conv = driver.conversation
+        driver.closing = True
+        entries = list(driver.entries)
         try:
             async with asyncio.timeout(HAND_BACK_TIMEOUT_S):
                 if await asyncio.shield(self.store.hand_back(conv, driver.token)):
-                    await asyncio.shield(self.store.ack_work(conv, list(driver.entries)))
+                    await asyncio.shield(self.store.ack_work(conv, entries))
         except (*_LOOP_ERRORS, TimeoutError) as exc:
             log.warning("could not hand the conversation back; its lease will expire", extra={
                 "event": "hand_back_failed", "conversation": conv, "error": type(exc).__name__})

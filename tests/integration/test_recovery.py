@@ -27,6 +27,7 @@ from core.ports import Turn
 from core.recovery import FencedSink, RetryPolicy
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
+from core.worker import _Driver
 from tests.conftest import RedisServer, free_port
 from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, stack_config
 
@@ -324,6 +325,26 @@ async def test_drain_hands_the_conversation_to_another_process_at_once(cluster: 
     assert replies[0].text.endswith("a long one (message 1 in this thread)") and replies[0].posts == 1
     assert replies[1].text.endswith("and then this (message 2 in this thread)")
     assert cluster.emulator.state.active_run_conflicts == 0
+
+
+async def test_a_signal_for_a_conversation_being_handed_back_is_put_back(cluster: Cluster) -> None:
+    """The race the fault suite found: a driver handing back (inbox checked, lease gone) must not
+    take a signal that arrives meanwhile, or its acknowledgement swallows the signal for good."""
+    async with cluster.process() as proc:
+        await proc.runtime.worker.drain(0)
+        await proc.task
+        worker, store = proc.runtime.worker, proc.runtime.store
+        message = await cluster.send(proc, "arrived during a hand-back", conversation="console:t:handback")
+        [(entry_id, conversation)] = await store.read_work(0, worker.consumer, count=10, block_ms=100)
+        closing = _Driver(conversation=conversation, token="t", valid_until=0.0, closing=True)
+        worker._drivers[conversation] = closing
+        worker._stopping.clear()  # a worker still reading, as during the hand-back
+        await worker._on_signal(conversation, entry_id, reclaimed=False)
+        assert closing.entries == []
+        assert (await store.redis.xpending(store.keys.work(0), WORK_GROUP))["pending"] == 0
+    async with cluster.process():
+        reply = await cluster.answered(message)
+    assert reply.text.endswith("arrived during a hand-back (message 1 in this thread)")
 
 
 async def test_lease_lost_means_no_more_chat_writes(cluster: Cluster) -> None:
