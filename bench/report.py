@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.procs import REPO
 
+OTHERS_LIMIT_CORES = 0.2
 METHODS = (
     "ack: time from POSTing a signed event to the gateway's HTTP response, as the sender sees it (open loop).",
     "added: event sent -> the Slack write after which the whole answer shows (chat.stopStream, or the last "
@@ -125,11 +126,7 @@ def render(document: dict[str, Any], path: Path | None) -> str:
         "",
     ]
     notes = ["", *(f"- {line}" for line in METHODS)]
-    loads = [r.get("other_processes_cores") for r in document["results"].values() if isinstance(r, dict)]
-    others = max((x for x in loads if x is not None), default=None)
-    if others is not None:
-        notes.append(f"- other processes on this machine used up to {others:.2f} cores during a phase"
-                     + (": the numbers are disturbed, run again on a quiet machine." if others > 0.2 else "."))
+    notes += _load_notes(document["results"])
     harness = [r.get("harness_cpu_utilization") for r in document["results"].values() if isinstance(r, dict)]
     busy = max((h for h in harness if h is not None), default=None)
     if busy is not None:
@@ -138,6 +135,23 @@ def render(document: dict[str, Any], path: Path | None) -> str:
     if path is not None:
         notes.append(f"- every number: {path}")
     return "\n".join([*head, table(document["results"]), *notes])
+
+
+def _load_notes(results: dict[str, Any]) -> list[str]:
+    """A warning per phase (throughput step) that other processes on the machine disturbed."""
+    loads: list[tuple[str, float]] = []
+    for name, result in results.items():
+        if not isinstance(result, dict):
+            continue
+        if result.get("other_processes_cores") is not None:
+            loads.append((name, result["other_processes_cores"]))
+        loads += [(f"throughput {s['rate']:g}/s", s["other_processes_cores"]) for s in result.get("steps", [])]
+    busy = [f"{name} {cores:.2f}" for name, cores in loads if cores > OTHERS_LIMIT_CORES]
+    if busy:
+        return [f"- other processes used more than {OTHERS_LIMIT_CORES} cores during: {', '.join(busy)} "
+                "(cores); those numbers are disturbed: run again on a quiet machine."]
+    top = max((cores for _, cores in loads), default=0.0)
+    return [f"- other processes on this machine used at most {top:.2f} cores during any phase."]
 
 
 def write_json(document: dict[str, Any], directory: Path) -> Path:
