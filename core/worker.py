@@ -276,6 +276,9 @@ class Worker:
         except StoreUnavailable as exc:
             log.error("store unavailable while answering; the work will be reclaimed",
                       extra={"event": "driver_stopped", "conversation": conv, "error": str(exc)})
+        except Exception:  # a bug: the lease expires and another attempt goes on (or gives up, after MAX_ATTEMPTS)
+            log.exception("driver failed; the work will be reclaimed", extra={"event": "driver_failed",
+                                                                              "conversation": conv})
         except asyncio.CancelledError:
             if not driver.lost:
                 await self._hand_back(driver)

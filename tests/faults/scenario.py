@@ -83,6 +83,13 @@ class Verdict:
     orphan_partials: int = 0
     """Unfinished starts of an answer that was then written in full in another message: a gateway
     killed between the chat post and the write recording it (see ``core.ports.FindsPostedParts``)."""
+    details: list[str] = field(default_factory=list)
+    """One line per problem found (conversation, thread, the message text), for the failure report."""
+
+    def problem(self, kind: str, conversation: Conversation, text: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.details.append(f"{kind}: conversation {conversation.number} "
+                            f"({conversation.channel}/{conversation.thread_ts}): {text[:120]!r}")
 
 
 @dataclass
@@ -278,7 +285,9 @@ def judge(slack: RecordingSlack, conversation: Conversation, verdict: Verdict) -
     strays: list[tuple[str, bool]] = []
     for ts, text, streaming in thread_texts(slack, conversation):
         current = expected[position] if position < len(expected) else None
-        if current is not None and (current.expect(text, errors) or ERROR_LINE.search(text)):
+        if streaming:  # a finished answer's stream is stopped: this one was left by a killed attempt
+            strays.append((text, streaming))
+        elif current is not None and (current.expect(text, errors) or ERROR_LINE.search(text)):
             current.answered_at = slack.first_shown(ts, text)
             if current.expect(text, errors):
                 verdict.answered += 1
@@ -287,19 +296,20 @@ def judge(slack: RecordingSlack, conversation: Conversation, verdict: Verdict) -
                 errors += 1
             finals.append(text)
             position += 1
-        elif position > 0 and expected[position - 1].expect(text, errors):
-            verdict.duplicated += 1
+        elif position > 0 and (expected[position - 1].expect(text, errors) or ERROR_LINE.search(text)):
+            verdict.problem("duplicated", conversation, text)
         elif any(later.expect(text, errors) for later in expected[position + 1:]):
-            verdict.out_of_order += 1
+            verdict.problem("out_of_order", conversation, text)
         else:
             strays.append((text, streaming))
     for text, streaming in strays:
         if streaming and any(final.startswith(text) for final in finals):
-            verdict.orphan_partials += 1
+            verdict.problem("orphan_partials", conversation, text)
         else:
-            verdict.stray += 1
+            verdict.problem("stray", conversation, text)
             verdict.open_streams += int(streaming)
-    verdict.lost += len(expected) - position
+    for sent in expected[position:]:
+        verdict.problem("lost", conversation, sent.text)
 
 
 def recovery_times(conversations: list[Conversation], faults: Faults) -> dict[str, float]:
