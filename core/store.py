@@ -40,6 +40,8 @@ from core.keys import MESSAGE_PENDING_TTL_S, WORK_GROUP, Keys
 from core.models import InboundMessage, RunRef
 
 # redis-py's types allow bytes; the pool is opened with decode_responses=True, so values are str.
+POOL_MAX_CONNECTIONS = 256
+POOL_WAIT_S = 2.0  # well inside Slack's 3 s acknowledgement deadline
 _StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]] | None
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -193,10 +195,13 @@ class Store:
         # One immediate retry on a fresh connection: after a Redis restart every pooled connection
         # is dead once, and a command should not fail for that. Longer outages fail fast instead
         # (StoreUnavailable), so intake can refuse within the platform's ack deadline.
-        client = aioredis.Redis.from_url(
+        # A blocking pool: under a burst, a command waits briefly for a free connection instead
+        # of failing at once with MaxConnectionsError (which turned intake into 503s under load).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1), max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_WAIT_S,
         )
+        client = aioredis.Redis.from_pool(pool)
         try:
             try:
                 await client.ping()
