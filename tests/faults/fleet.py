@@ -32,6 +32,7 @@ from tests.emulators.slack import Args, SlackEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_TOOL_S = 1.5
+MIN_UPTIME_S = 3.0
 HANG_TOOL_TIMEOUT_S = 1.0
 
 
@@ -116,6 +117,7 @@ class Gateway:
     proc: asyncio.subprocess.Process
     log_path: Path
     ready: bool = False
+    ready_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -158,10 +160,19 @@ class Fleet:
 
     # --- faults ---------------------------------------------------------------------------------
 
+    def _victims(self) -> list[Gateway]:
+        """Processes that may be stopped now: only while the fleet is at full strength (it has
+        recovered from the last fault), and only ones that have worked a while (on a busy machine
+        a process could otherwise be killed as soon as it comes up, again and again)."""
+        live = self.live()
+        if len(live) < self.size:
+            return []
+        return [g for g in live if time.monotonic() - g.ready_at >= MIN_UPTIME_S]
+
     async def kill9(self) -> Gateway | None:
-        """``kill -9`` a random ready process; a replacement starts shortly after."""
-        victims = self.live()
-        if len(victims) < 2:
+        """``kill -9`` a random process that is working; a replacement starts shortly after."""
+        victims = self._victims()
+        if not victims:
             return None
         victim = random.choice(victims)
         victim.proc.send_signal(signal.SIGKILL)
@@ -171,8 +182,8 @@ class Fleet:
 
     async def sigterm(self) -> Gateway | None:
         """Stop a random process gracefully (it drains and hands its work back); replaced like a kill."""
-        victims = self.live()
-        if len(victims) < 2:
+        victims = self._victims()
+        if not victims:
             return None
         victim = random.choice(victims)
         victim.ready = False
@@ -234,7 +245,7 @@ class Fleet:
             try:
                 async with self._session.get(f"{gateway.url}/readyz") as response:
                     if response.status == 200:
-                        gateway.ready = True
+                        gateway.ready, gateway.ready_at = True, time.monotonic()
                         return
             except aiohttp.ClientError:
                 pass

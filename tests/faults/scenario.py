@@ -36,6 +36,8 @@ class Plan:
     lease_ttl_s: float = 3.0
     grace_s: float = 1.0
     fault_every_s: float = 2.0
+    max_faults: int = 30
+    """A budget, so a slow machine (each fault slowing the next phase) cannot loop into a timeout."""
     duplicate_p: float = 0.15
     wait_for_answer_p: float = 0.6
     cycle: tuple[str, ...] = ("kill9", "backend_500", "kill9", "redis_restart", "kill9", "backend_429", "sigterm")
@@ -46,7 +48,7 @@ class Plan:
         return self.conversations * self.per_conversation
 
 
-SOAK = Plan(conversations=150, per_conversation=20)
+SOAK = Plan(conversations=150, per_conversation=20, max_faults=250)
 
 
 @dataclass
@@ -230,7 +232,7 @@ class Unanswered(AssertionError):
 async def inject_faults(*, fleet: Fleet, redis: RedisServer, emulator: AssistantsEmulator, plan: Plan,
                         faults: Faults, stop: asyncio.Event) -> None:
     upcoming: list[str] = []
-    while not stop.is_set():
+    while not stop.is_set() and len(faults.events) < plan.max_faults:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), random.uniform(plan.fault_every_s * 0.5, plan.fault_every_s * 1.5))
             return
