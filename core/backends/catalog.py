@@ -36,6 +36,7 @@ from core.keys import Keys
 
 log = logging.getLogger(__name__)
 
+SYNC_LOCK_TTL_S = 15
 PROFILE_TAG = "switchboard_profile"
 DIGEST_TAG = "switchboard_digest"
 FIELDS = ("name", "description", "model", "instructions", "tools", "tool_resources", "temperature", "top_p",
@@ -151,7 +152,13 @@ class AssistantCatalog:
         if cached.get("digest") == digest and cached.get("id"):
             self._known[profile_name] = (digest, cached["id"])
             return cached["id"]
-        async with self.redis.lock(f"{key}:lock", timeout=60, blocking_timeout=60):
+        # The lock expires soon after a holder that died (a create takes well under a second), so
+        # one killed process cannot stall every first answer for long.
+        async with self.redis.lock(f"{key}:lock", timeout=SYNC_LOCK_TTL_S, blocking_timeout=2 * SYNC_LOCK_TTL_S):
+            cached = cast(dict[str, str], await self.redis.hgetall(key))
+            if cached.get("digest") == digest and cached.get("id"):  # another process synced meanwhile
+                self._known[profile_name] = (digest, cached["id"])
+                return cached["id"]
             result = await self.sync(profile_name, profile)
         return result.assistant_id
 
