@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+pytest_plugins = ["tests.emulators.slack_fixtures"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

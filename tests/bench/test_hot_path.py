@@ -7,14 +7,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
-from bots.slack.client import web_client
 from bots.slack.events import reply_to
 from bots.slack.sink import SlackSinkFactory
 from core import gateway as gateway_module
@@ -22,7 +18,6 @@ from core.config import parse_config
 from core.gateway import Gateway
 from core.keys import Keys
 from core.models import InboundMessage, Place
-from core.settings import Settings
 from core.store import Store, StoreLimits
 from tests.emulators.slack import SlackEmulator
 
@@ -90,23 +85,6 @@ async def test_knowledge_expires_and_is_bounded(gateway: Gateway, monkeypatch: p
     assert len(gateway._known) == 2  # the oldest were forgotten
 
 
-@pytest.fixture
-async def emu() -> AsyncIterator[SlackEmulator]:
-    emulator = SlackEmulator()
-    await emulator.start()
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def factory(emu: SlackEmulator) -> AsyncIterator[SlackSinkFactory]:
-    settings = Settings(SLACK_BOT_TOKEN=SecretStr(emu.bot_token), SLACK_API_URL=emu.base_url)
-    async with aiohttp.ClientSession() as session:
-        sinks = SlackSinkFactory(web_client(settings, session))
-        yield sinks
-        await sinks.aclose()
 
 
 async def test_working_returns_before_slack_answers_and_the_status_still_comes_first(

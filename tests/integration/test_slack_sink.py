@@ -8,39 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
-from pydantic import SecretStr
 
 from bots.slack import sink as sink_module
-from bots.slack.client import web_client
 from bots.slack.events import reply_to
 from bots.slack.sink import SlackReplySink, SlackSinkFactory
 from core.models import InboundMessage, Place
-from core.settings import Settings
 from tests.emulators.slack import SlackEmulator
 
 THREAD = "1700000000.000100"
 
 
-@pytest.fixture
-async def emu() -> AsyncIterator[SlackEmulator]:
-    emulator = SlackEmulator()
-    await emulator.start()
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
-
-
-@pytest.fixture
-async def factory(emu: SlackEmulator) -> AsyncIterator[SlackSinkFactory]:
-    # No trailing slash on purpose: the client must add it (slack-sdk joins with urljoin).
-    settings = Settings(SLACK_BOT_TOKEN=SecretStr(emu.bot_token), SLACK_API_URL=emu.base_url.rstrip("/"))
-    async with aiohttp.ClientSession() as session:
-        yield SlackSinkFactory(web_client(settings, session))
 
 
 def message(channel: str = "C1", thread_ts: str | None = THREAD, message_ts: str = THREAD) -> InboundMessage:
