@@ -448,14 +448,6 @@ class Store:
         return values[0], values[1]
 
     @translate_errors
-    async def set_binding(self, platform: str, workspace: str, channel: str, profile: str | None) -> None:
-        key = self.keys.binding(platform, workspace, channel)
-        if profile is None:
-            await self.redis.delete(key)
-        else:
-            await self.redis.set(key, profile)
-
-    @translate_errors
     async def list_bindings(self) -> list[tuple[str, str, str, str]]:
         """Every run-time binding: (platform, workspace, channel or ``*``, profile)."""
         out = []
