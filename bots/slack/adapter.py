@@ -101,7 +101,7 @@ class SlackAdapter:
         template = web_client(self._settings, self._session, with_token=False)
         self._listeners = SlackListeners(gateway=self._gateway, client=self.client, identity=self.identity)
         self._app = self._build_app(template, self._listeners)
-        self._sinks = SlackSinkFactory(self.client)
+        self._sinks = SlackSinkFactory(self.client, identity=self._identity)
         self._gateway.register_platform("slack", self._sinks)
         if self.socket_mode:
             assert self._settings.slack_app_token is not None

@@ -12,6 +12,11 @@ error text); this sink only performs the Slack calls:
   is no thread, a reaction on the person's message, removed by ``done()``. ``working()`` does not
   wait for Slack (the backend request goes out meanwhile instead of one Slack round trip later);
   every later call on the sink waits for the indicator first, so it still comes before the answer.
+- **Recovery** (``core.ports.FindsPostedParts``): every message is tagged with Slack message metadata
+  naming the answer and the part (``bots.slack.parts``), so ``posted_parts`` finds the messages an
+  interrupted attempt posted but never recorded; a stream it started (untagged: ``chat.startStream``
+  takes no metadata) is claimed by stopping it with the tag. The first edit of a part another
+  attempt posted stops its stream if still open, then edits it (and the continuations found for it).
 - **Slack errors**: ``ratelimited`` is waited out by the client's retry handler; ``msg_too_long``
   re-splits the part smaller and continues it in further thread replies; errors that make the
   place undeliverable (``not_in_channel``, ``channel_not_found``, …) are logged with a reference
@@ -26,12 +31,15 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.client import STREAM_OVER, TRANSIENT, UNDELIVERABLE, error_code
+from bots.slack.events import BotIdentity
+from bots.slack.parts import find, tag
 from core.logs import new_reference
 from core.models import InboundMessage
 from core.text import split_text
@@ -45,6 +53,8 @@ MIN_SPLIT_CHARS = 500
 STATUS_TEXT = "is thinking…"
 WORKING_REACTION = "hourglass_flowing_sand"
 UNDELIVERED_PREFIX = "undelivered:"
+FIND_TIMEOUT_S = 15.0
+"""How long ``posted_parts`` may read the thread; past it the answer goes on as if nothing was found."""
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
@@ -71,18 +81,21 @@ class _Part:
 
     ts: str
     shown: str | None
+    index: int | None = None
+    """Core's part index (None: a ref this sink cannot place; its messages then go untagged)."""
     streaming: bool = False
     started: float = 0.0
     limit: int | None = None
-    overflow: list[tuple[str, str]] = field(default_factory=list)
+    overflow: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 class SlackSinkFactory:
     """Opens sinks on the process's Web API client; remembers where Slack refused streaming or status."""
 
-    def __init__(self, client: AsyncWebClient, *, stream: bool = True) -> None:
+    def __init__(self, client: AsyncWebClient, *, stream: bool = True, identity: BotIdentity | None = None) -> None:
         self.client = client
         self.stream = stream
+        self.identity = identity
         self.no_stream_channels: set[str] = set()
         self.no_status_channels: set[str] = set()
         self.indicators: set[asyncio.Task[None]] = set()  # working indicators still being set
@@ -93,19 +106,33 @@ class SlackSinkFactory:
             task.cancel()
         await asyncio.gather(*self.indicators, return_exceptions=True)
 
+    async def me(self) -> BotIdentity:
+        """Who the bot is: as the adapter said, else asked of Slack (``auth.test``) once."""
+        if self.identity is None:
+            response = await self.client.auth_test()
+            self.identity = BotIdentity(team_id=str(response.get("team_id") or ""),
+                                        user_id=str(response.get("user_id") or ""), bot_id=response.get("bot_id"))
+        return self.identity
+
     async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> SlackReplySink:
         # Parts in existing_refs need no set-up: the first edit of an unknown ref recovers it.
-        return SlackReplySink(self, Target.from_reply_to(message.reply_to))
+        return SlackReplySink(self, Target.from_reply_to(message.reply_to), message_id=message.id,
+                              existing_refs={int(index): ref for index, ref in existing_refs.items()})
 
 
 class SlackReplySink:
     limit_chars = LIMIT_CHARS
     min_edit_interval_s = MIN_EDIT_INTERVAL_S
 
-    def __init__(self, factory: SlackSinkFactory, target: Target) -> None:
+    def __init__(self, factory: SlackSinkFactory, target: Target, *, message_id: str = "",
+                 existing_refs: Mapping[int, str] | None = None) -> None:
         self._factory = factory
         self._client = factory.client
         self._target = target
+        self._message_id = message_id
+        self._refs: dict[int, str] = dict(existing_refs or {})  # part index -> ref, as core numbers parts
+        self._pieces: dict[int, list[str]] = {}  # continuation messages found for a part (posted_parts)
+        self._claimed: set[str] = set()  # streams posted_parts stopped: already tagged, no stop needed
         self._parts: dict[str, _Part] = {}
         self._undelivered: str | None = None
         self._status_set = False
@@ -189,15 +216,28 @@ class SlackReplySink:
         await self._indicated()
         if self._undelivered is not None:
             return self._undelivered
+        index = self._next_index()
         try:
             await self._close_earlier_streams()
-            part = await self._start_stream(text) if self._can_stream() else None
+            part = await self._start_stream(text, index) if self._can_stream() else None
             if part is None:
-                part = await self._post_part(text)
+                part = await self._post_part(text, index)
         except SlackApiError as exc:
             return self._give_up(exc, "post")
         self._parts[part.ts] = part
+        self._refs[index] = part.ts
         return part.ts
+
+    def _next_index(self) -> int:
+        """The index core gives the part being posted: the first one it has no message for (as
+        ``core.reply.ReplyWriter`` numbers parts, known and adopted ones included)."""
+        index = 0
+        while index in self._refs:
+            index += 1
+        return index
+
+    def _tag(self, part: _Part, piece: int = 0) -> dict[str, Any] | None:
+        return None if part.index is None else tag(self._message_id, part.index, piece)
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None:
         """Make message ``ref`` show ``text`` (the whole part so far); ``final``: it is complete."""
@@ -234,15 +274,41 @@ class SlackReplySink:
         return self._undelivered
 
     async def _recover(self, ref: str) -> _Part:
-        """A part another process (or attempt) posted: close its stream if one is open, then edit it."""
-        part = _Part(ts=ref, shown=None)
+        """A part another process (or attempt) posted: close its stream if one is open (tagging it),
+        then edit it, with the continuation messages found for it."""
+        index = next((i for i, known in self._refs.items() if known == ref), None)
+        pieces = self._pieces.get(index, []) if index is not None else []
+        part = _Part(ts=ref, shown=None, index=index, overflow=[(ts, None) for ts in pieces])
         self._parts[ref] = part
+        if ref in self._claimed:
+            return part
         try:
-            await self._client.chat_stopStream(channel=self._target.channel, ts=ref)
+            await self._client.chat_stopStream(channel=self._target.channel, ts=ref, metadata=self._tag(part))
         except SlackApiError as exc:
             if error_code(exc) not in STREAM_OVER:
                 log.info("recovered part", extra={"event": "slack_recover", "error": error_code(exc)})
         return part
+
+    # ------------------------------------------------------------------ finding parts (recovery)
+
+    async def posted_parts(self) -> Mapping[int, str]:
+        """The parts of this answer already in Slack (``core.ports.FindsPostedParts``; see
+        ``bots.slack.parts.find``). Slack trouble here is logged with a reference and only means
+        that less is found (then a part may be posted again, as without this capability)."""
+        target = self._target
+        try:
+            found = await find(self._client, channel=target.channel, thread_ts=target.thread_ts,
+                               after_ts=target.message_ts, me=self._factory.me, message_id=self._message_id,
+                               known=self._refs, read_timeout_s=FIND_TIMEOUT_S)
+        except (SlackApiError, TimeoutError, *_NETWORK_ERRORS) as exc:
+            code = error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
+            log.warning("could not look for parts an interrupted attempt posted", extra={
+                "event": "slack_find_parts_failed", "reference": new_reference(), "error": code,
+                "channel": target.channel, "thread_ts": target.thread_ts})
+            return {}
+        self._pieces, self._claimed = found.pieces, found.claimed
+        self._refs = {**found.parts, **self._refs}  # recorded refs win
+        return found.parts
 
     # ------------------------------------------------------------------ streaming
 
@@ -256,7 +322,7 @@ class SlackReplySink:
         return (self._factory.stream and self._target.thread_ts is not None
                 and self._target.channel not in self._factory.no_stream_channels)
 
-    async def _start_stream(self, text: str) -> _Part | None:
+    async def _start_stream(self, text: str, index: int) -> _Part | None:
         """A streamed message, or None where Slack refuses to stream (then remembered for the channel)."""
         target = self._target
         try:
@@ -272,7 +338,7 @@ class SlackReplySink:
             log.info("streaming refused; posting instead", extra={"event": "slack_stream_refused", "error": code,
                                                                    "channel": target.channel})
             return None
-        return _Part(ts=str(response["ts"]), shown=text, streaming=True, started=time.monotonic())
+        return _Part(ts=str(response["ts"]), shown=text, index=index, streaming=True, started=time.monotonic())
 
     async def _edit_stream(self, part: _Part, text: str, *, final: bool) -> None:
         fresh = time.monotonic() - part.started < STREAM_MAX_AGE_S
@@ -300,23 +366,24 @@ class SlackReplySink:
         """Stop ``part``'s stream (appending ``text``); a stream Slack already ended is fine, not an error."""
         part.streaming = False
         try:
-            await self._client.chat_stopStream(channel=self._target.channel, ts=part.ts, markdown_text=text or None)
+            await self._client.chat_stopStream(channel=self._target.channel, ts=part.ts, markdown_text=text or None,
+                                               metadata=self._tag(part))
         except SlackApiError as exc:
             if error_code(exc) not in STREAM_OVER or text:
                 raise
 
     # ------------------------------------------------------------------ post + update
 
-    async def _post_part(self, text: str) -> _Part:
+    async def _post_part(self, text: str, index: int) -> _Part:
         limit: int | None = None
         while True:
             first = text if limit is None else split_text(text, limit)[0]
             try:
-                ts = await self._post_message(first)
+                ts = await self._post_message(first, tag(self._message_id, index))
                 break
             except SlackApiError as exc:
                 limit = self._smaller(limit, exc)
-        part = _Part(ts=ts, shown=first, limit=limit)
+        part = _Part(ts=ts, shown=first, index=index, limit=limit)
         if limit is not None:
             await self._write(part, text)
         return part
@@ -333,16 +400,16 @@ class SlackReplySink:
 
     async def _write_pieces(self, part: _Part, pieces: list[str]) -> None:
         if pieces[0] != part.shown:
-            await self._update(part.ts, pieces[0])
+            await self._update(part.ts, pieces[0], self._tag(part))
             part.shown = pieces[0]
         for i, piece in enumerate(pieces[1:]):
             if i < len(part.overflow):
                 ts, shown = part.overflow[i]
                 if shown != piece:
-                    await self._update(ts, piece)
+                    await self._update(ts, piece, self._tag(part, i + 1))
                     part.overflow[i] = (ts, piece)
             else:
-                part.overflow.append((await self._post_message(piece), piece))
+                part.overflow.append((await self._post_message(piece, self._tag(part, i + 1)), piece))
 
     def _smaller(self, limit: int | None, exc: SlackApiError) -> int:
         """After ``msg_too_long``: the next, smaller part size; any other error propagates."""
@@ -353,11 +420,13 @@ class SlackReplySink:
                                                                          "limit": smaller})
         return smaller
 
-    async def _post_message(self, text: str) -> str:
+    async def _post_message(self, text: str, metadata: dict[str, Any] | None) -> str:
         target = self._target
         response = await self._client.chat_postMessage(
-            channel=target.channel, thread_ts=target.thread_ts, markdown_text=text, unfurl_links=False)
+            channel=target.channel, thread_ts=target.thread_ts, markdown_text=text, unfurl_links=False,
+            metadata=metadata)
         return str(response["ts"])
 
-    async def _update(self, ts: str, text: str) -> None:
-        await self._client.chat_update(channel=self._target.channel, ts=ts, markdown_text=text)
+    async def _update(self, ts: str, text: str, metadata: dict[str, Any] | None) -> None:
+        # The tag goes with every edit too: a stream that ended without chat.stopStream gets it here.
+        await self._client.chat_update(channel=self._target.channel, ts=ts, markdown_text=text, metadata=metadata)

@@ -5,7 +5,11 @@
 - answers ``POST|GET /api/<method>`` the way slack.com does for the methods Switchboard uses
   (form, query or JSON arguments; ``Authorization: Bearer``), records every call in order
   (``calls``) and keeps the messages it holds (``messages``: ts -> text, thread, edits, stream
-  state) so tests can assert on what a person in the channel would see;
+  state, Slack message ``metadata``) so tests can assert on what a person in the channel would see;
+- serves the history as ``conversations.replies`` / ``conversations.history`` do: the bot's messages
+  (``user``, ``bot_id``, ``app_id`` as Slack gives them) and the people's messages built with
+  ``message_event`` (``said``), ``oldest``/``latest``/``inclusive``, cursor pagination
+  (``history_page_size``), and each message's ``metadata`` only with ``include_all_metadata``;
 - injects Slack's failures on demand: ``rate_limit`` (HTTP 429 + ``Retry-After``), ``fail_next``
   (any ``{"ok": false, "error": ...}``), ``max_text_chars`` (``msg_too_long``), ``not_in_channel``,
   ``refuse_streaming_in`` (streaming refused in a kind of channel), ``stream_ttl_s`` /
@@ -22,6 +26,7 @@ Point slack-sdk at it with ``AsyncWebClient(base_url=emu.base_url)``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -40,6 +45,7 @@ Args = dict[str, Any]
 
 DM_PREFIX = "D"
 _STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
+_HISTORY_FIELDS = ("type", "ts", "text", "user", "bot_id", "subtype", "thread_ts", "channel", "team")
 
 
 class SlackError(Exception):
@@ -78,6 +84,8 @@ class Message:
     stream_started_at: float = 0.0
     stream_expired: bool = False
     blocks: list[Any] | None = None
+    metadata: Any = None
+    """Slack message metadata (``{"event_type": …, "event_payload": {…}}``), as last set."""
 
 
 @dataclass
@@ -113,9 +121,12 @@ class SlackEmulator:
         signing_secret: str = "emulated-signing-secret",
     ) -> None:
         self.team_id, self.bot_user_id, self.bot_id = team_id, bot_user_id, bot_id
+        self.app_id = "A0APP"
         self.bot_token, self.app_token, self.signing_secret = bot_token, app_token, signing_secret
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
+        self.said: dict[str, Args] = {}  # ts -> a person's (or another bot's) message, from message_event
+        self.history_page_size = 1000
         self.reactions: dict[tuple[str, str], list[str]] = {}
         self.statuses: list[tuple[str, str, str]] = []
         self.ephemerals: list[Args] = []
@@ -254,6 +265,8 @@ class SlackEmulator:
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroup_users,
             "conversations.info": self._conversations_info,
+            "conversations.replies": self._conversations_replies,
+            "conversations.history": self._conversations_history,
             "apps.connections.open": self._connections_open,
         }
         handler = handlers.get(method)
@@ -291,7 +304,8 @@ class SlackEmulator:
         ts = self.next_ts()
         thread_ts = args.get("thread_ts") or None
         self.messages[ts] = Message(channel=channel, ts=ts, text=text, thread_ts=thread_ts, kind="post",
-                                    edits=[text], blocks=_json_arg(args.get("blocks")))
+                                    edits=[text], blocks=_json_arg(args.get("blocks")),
+                                    metadata=_json_arg(args.get("metadata")))
         return {"channel": channel, "ts": ts, "message": {"text": text, "ts": ts, "user": self.bot_user_id,
                                                           "bot_id": self.bot_id, "thread_ts": thread_ts}}
 
@@ -311,6 +325,8 @@ class SlackEmulator:
         message.text = text
         message.edits.append(text)
         message.blocks = _json_arg(args.get("blocks"))
+        if args.get("metadata"):
+            message.metadata = _json_arg(args["metadata"])
         return {"channel": message.channel, "ts": message.ts, "text": text}
 
     def _post_ephemeral(self, args: Args) -> Args:
@@ -358,6 +374,8 @@ class SlackEmulator:
         message.edits.append(message.text)
         message.streaming = False
         message.blocks = _json_arg(args.get("blocks"))
+        if args.get("metadata"):
+            message.metadata = _json_arg(args["metadata"])
         return {"channel": message.channel, "ts": message.ts, "message": {"text": message.text}}
 
     def _reaction_add(self, args: Args) -> Args:
@@ -402,6 +420,49 @@ class SlackEmulator:
                 "is_im": is_im, "is_member": channel not in self.not_in_channel, **self.channels.get(channel, {})}
         return {"channel": info}
 
+    def _conversations_replies(self, args: Args) -> Args:
+        """A thread, oldest first: its parent, then the replies (``thread_not_found`` if none)."""
+        channel, ts = self._writable_channel(args), str(args.get("ts", ""))
+        thread = [m for m in self._channel_history(channel, args) if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not thread:
+            raise SlackError("thread_not_found")
+        return self._page(sorted(thread, key=lambda m: _ts_key(m["ts"])), args)
+
+    def _conversations_history(self, args: Args) -> Args:
+        """A channel's top-level messages (thread parents included, replies not), newest first."""
+        channel = self._writable_channel(args)
+        top = [m for m in self._channel_history(channel, args) if m.get("thread_ts") in (None, m["ts"])]
+        return self._page(sorted(top, key=lambda m: _ts_key(m["ts"]), reverse=True), args)
+
+    def _channel_history(self, channel: str, args: Args) -> list[Args]:
+        """Every message in ``channel`` within ``oldest``/``latest``, as the history methods give them."""
+        metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        oldest, latest = _ts_key(str(args.get("oldest") or "0")), _ts_key(str(args.get("latest") or "9" * 10))
+        inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+        found = [{k: v for k, v in m.items() if k != "channel"} for m in self.said.values() if m["channel"] == channel]
+        for m in self.messages.values():
+            if m.channel != channel:
+                continue
+            shown: Args = {"type": "message", "ts": m.ts, "text": m.text, "user": self.bot_user_id,
+                           "bot_id": self.bot_id, "app_id": self.app_id, "team": self.team_id}
+            if m.thread_ts:
+                shown["thread_ts"] = m.thread_ts
+            if metadata and m.metadata:
+                shown["metadata"] = m.metadata
+            found.append(shown)
+        return [m for m in found if (oldest <= _ts_key(m["ts"]) <= latest if inclusive
+                                     else oldest < _ts_key(m["ts"]) < latest)]
+
+    def _page(self, messages: list[Args], args: Args) -> Args:
+        size = min(int(args.get("limit") or 100), self.history_page_size)
+        try:
+            start = int(base64.b64decode(str(args.get("cursor") or "") or b"").decode().removeprefix("offset:") or 0)
+        except ValueError as exc:
+            raise SlackError("invalid_cursor") from exc
+        page, rest = messages[start:start + size], messages[start + size:]
+        next_cursor = base64.b64encode(f"offset:{start + size}".encode()).decode() if rest else ""
+        return {"messages": page, "has_more": bool(rest), "response_metadata": {"next_cursor": next_cursor}}
+
     def _connections_open(self, args: Args) -> Args:
         return {"url": f"ws://127.0.0.1:{self._port}/socket?ticket={uuid.uuid4().hex}"}
 
@@ -429,6 +490,7 @@ class SlackEmulator:
             event["subtype"] = subtype
         if bot_id:
             event["bot_id"] = bot_id
+        self.said.setdefault(ts, {**{k: v for k, v in event.items() if k in _HISTORY_FIELDS}, "type": "message"})
         return event
 
     def mention_event(self, *, text: str, channel: str, user: str = "U0ALICE", ts: str | None = None,
