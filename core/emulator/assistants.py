@@ -55,6 +55,11 @@ class AssistantsEmulator:
         """Total seconds spent in scripted latency and ``!slow`` sleeps, over all runs and responses."""
         return self.engine.backend_seconds + self.responses.backend_seconds
 
+    @property
+    def connections(self) -> int:
+        """How many client TCP connections (distinct client addresses) have sent requests so far."""
+        return len(self._api.peers)
+
     def fail_next(self, status: int, count: int = 1) -> None:
         """The next ``count`` requests answer ``status`` with an OpenAI error body
         (a 429 carries ``retry-after: 0``)."""
@@ -96,6 +101,8 @@ class _Api:
         self.state = state
         self.engine = engine
         self.failures: deque[int] = deque()
+        self.peers: set[object] = set()
+        """The client (host, port) of every connection a request came on: a reused connection adds none."""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -236,6 +243,8 @@ class _Api:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Expire overdue runs, parse the body, inject failures, map errors, record the request."""
         self.state.expire_due()
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         body: Any = None
         try:
             body = await _json_body(request)
