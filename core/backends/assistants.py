@@ -9,24 +9,28 @@ A conversation's thread is created on its own (``new_thread``) before its first 
 gateway can record it before anything is started on it: with create-and-run, a process that
 died before the stream's first event would leave a run on a thread nobody knows, and the next
 attempt could only start a second run. That costs one request per *conversation*, not per message.
+
+A run's stream is requested through the SDK (``with_streaming_response``: auth, retries, HTTP
+errors) and read with ``core.backends.sse``: only the events used are decoded, as plain JSON, and
+the body is read to its end so the connection is reused by the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
-from openai.types.beta import AssistantStreamEvent
-from openai.types.beta import assistant_stream_event as ev
-from openai.types.beta.threads import Run, TextDeltaBlock
+from openai import AsyncAPIResponse, AsyncOpenAI
+from openai.types.beta.threads import Run
 from redis.exceptions import RedisError
 
 from core.backends.catalog import AssistantCatalog
 from core.backends.errors import STREAM_ERRORS, translate
+from core.backends.sse import Event, EventStream
 from core.errors import (
     BackendBadRequest,
     BackendError,
@@ -46,6 +50,11 @@ _TERMINAL_FAILURES = {
     "thread.run.expired": "expired",
     "thread.run.incomplete": "incomplete",
 }
+_STREAM_EVENTS = frozenset({
+    "thread.run.created", "thread.message.delta", "thread.run.requires_action", "thread.run.completed",
+    *_TERMINAL_FAILURES, "error",
+})
+"""The stream events ``_map`` reads; the ~15 others of a run (steps, message created/completed, …) are skipped."""
 _WORKING = frozenset({"queued", "in_progress", "cancelling"})
 MESSAGE_TAG = "switchboard_message"
 # How many of a thread's latest runs ``find_run`` looks at: a conversation runs one at a time,
@@ -89,8 +98,8 @@ class AssistantsBackend:
         # Plain dicts: the SDK's TypedDict params describe the same JSON.
         message: Any = {"role": "user", "content": turn.text, "metadata": tag}
         overrides = run_overrides(turn)
-        threads = self.client.beta.threads
-        opener: Awaitable[Any]
+        threads = self.client.beta.threads.with_streaming_response
+        opener: _Opener
         if turn.thread_id is None and not turn.profile.additional_instructions:
             opener = threads.create_and_run(
                 assistant_id=assistant_id, thread={"messages": [message]}, stream=True, metadata=tag, **overrides,
@@ -99,7 +108,7 @@ class AssistantsBackend:
             thread_id = turn.thread_id or await self.new_thread()
             if turn.profile.additional_instructions:
                 overrides["additional_instructions"] = turn.profile.additional_instructions
-            opener = threads.runs.create(
+            opener = self.client.beta.threads.runs.with_streaming_response.create(
                 thread_id, assistant_id=assistant_id, additional_messages=[message], stream=True, metadata=tag,
                 **overrides,
             )
@@ -121,7 +130,7 @@ class AssistantsBackend:
             raise translate(exc) from exc
         for run in page.data:
             if (run.metadata or {}).get(MESSAGE_TAG) == message_id:
-                return self._ref(run, run.assistant_id)
+                return RunRef(backend=self.name, thread_id=run.thread_id, run_id=run.id, assistant_id=run.assistant_id)
         return None
 
     async def resume(self, *, run: RunRef) -> AsyncIterator[RunEvent]:
@@ -133,16 +142,16 @@ class AssistantsBackend:
         text = await self._run_text(run)
         if text:
             yield TextDelta(text=text)
+        data: dict[str, Any] = found.to_dict()  # the stream's JSON shape (a rare path: no need to skip the model)
         if found.status == "requires_action":
-            yield self._tool_calls(found, run.assistant_id)
+            yield self._tool_calls(data, run.assistant_id)
         elif found.status == "completed":
-            usage = found.usage.model_dump() if found.usage else None
-            yield RunCompleted(run=self._ref(found, run.assistant_id), usage=usage)
+            yield RunCompleted(run=self._ref(data, run.assistant_id), usage=data.get("usage"))
         else:
-            raise _run_ended(str(found.status), found)
+            raise _run_ended(str(found.status), data)
 
     async def submit_tool_outputs(self, *, run: RunRef, outputs: list[ToolOutput]) -> AsyncIterator[RunEvent]:
-        opener = self.client.beta.threads.runs.submit_tool_outputs(
+        opener = self.client.beta.threads.runs.with_streaming_response.submit_tool_outputs(
             run.run_id, thread_id=run.thread_id, stream=True,
             tool_outputs=[{"tool_call_id": o.call_id, "output": o.output} for o in outputs],
         )
@@ -198,54 +207,71 @@ class AssistantsBackend:
             raise translate(exc) from exc
         return "\n\n".join(t for t in texts if t)
 
-    async def _stream(self, opener: Awaitable[Any], assistant_id: str | None) -> AsyncIterator[RunEvent]:
-        """Open the SSE stream and translate its events until the run pauses or ends."""
+    async def _stream(self, opener: _Opener, assistant_id: str | None) -> AsyncIterator[RunEvent]:
+        """Open the SSE stream and translate its events until the run pauses or ends. The body is
+        read to its end before the last event is handed on, so the connection goes back to the pool."""
         try:
-            stream = await opener
-            async with stream:
+            async with opener as response:
+                stream = EventStream(response.iter_bytes(), _STREAM_EVENTS)
                 async for event in stream:
                     mapped = self._map(event, assistant_id)
+                    if mapped and isinstance(mapped[-1], ToolCallsRequired | RunCompleted):
+                        await stream.finish()
+                        for item in mapped:
+                            yield item
+                        return
                     for item in mapped:
                         yield item
-                    if mapped and isinstance(mapped[-1], ToolCallsRequired | RunCompleted):
-                        return
         except STREAM_ERRORS as exc:
             raise translate(exc) from exc
         raise BackendUnavailable("the backend's stream ended before the run finished")
 
-    def _map(self, event: AssistantStreamEvent, assistant_id: str | None) -> list[RunEvent]:
-        if isinstance(event, ev.ThreadMessageDelta):
-            return [TextDelta(text=block.text.value) for block in event.data.delta.content or []
-                    if isinstance(block, TextDeltaBlock) and block.text is not None and block.text.value]
-        if isinstance(event, ev.ThreadRunCreated):
-            return [RunStarted(run=self._ref(event.data, assistant_id))]
-        if isinstance(event, ev.ThreadRunRequiresAction):
-            return [self._tool_calls(event.data, assistant_id)]
-        if isinstance(event, ev.ThreadRunCompleted):
-            usage = event.data.usage.model_dump() if event.data.usage else None
-            return [RunCompleted(run=self._ref(event.data, assistant_id), usage=usage)]
-        if isinstance(event, ev.ThreadRunFailed | ev.ThreadRunCancelled | ev.ThreadRunExpired | ev.ThreadRunIncomplete):
-            raise _run_ended(_TERMINAL_FAILURES[event.event], event.data)
-        if isinstance(event, ev.ErrorEvent):
-            raise BackendError(f"backend stream error: {event.data.message}", code=event.data.code)
+    def _map(self, event: Event, assistant_id: str | None) -> list[RunEvent]:
+        name, data = event.name, event.data
+        if name == "thread.message.delta":
+            return [TextDelta(text=text) for text in _delta_texts(data)]
+        if name == "thread.run.created":
+            return [RunStarted(run=self._ref(data, assistant_id))]
+        if name == "thread.run.requires_action":
+            return [self._tool_calls(data, assistant_id)]
+        if name == "thread.run.completed":
+            return [RunCompleted(run=self._ref(data, assistant_id), usage=data.get("usage"))]
+        if name in _TERMINAL_FAILURES:
+            raise _run_ended(_TERMINAL_FAILURES[name], data)
+        if name == "error":
+            error = data["error"] if isinstance(data.get("error"), dict) else data
+            raise BackendError(f"backend stream error: {error.get('message')}", code=error.get("code"))
         return []
 
-    def _ref(self, run: Run, assistant_id: str | None) -> RunRef:
-        return RunRef(backend=self.name, thread_id=run.thread_id, run_id=run.id,
-                      assistant_id=run.assistant_id or assistant_id)
+    def _ref(self, run: Mapping[str, Any], assistant_id: str | None) -> RunRef:
+        """The reference of a run object (the stream's JSON)."""
+        return RunRef(backend=self.name, thread_id=run["thread_id"], run_id=run["id"],
+                      assistant_id=run.get("assistant_id") or assistant_id)
 
-    def _tool_calls(self, run: Run, assistant_id: str | None) -> ToolCallsRequired:
-        action = run.required_action
-        calls = action.submit_tool_outputs.tool_calls if action is not None else []
+    def _tool_calls(self, run: Mapping[str, Any], assistant_id: str | None) -> ToolCallsRequired:
+        action = run.get("required_action") or {}
+        calls = (action.get("submit_tool_outputs") or {}).get("tool_calls") or []
         return ToolCallsRequired(
             run=self._ref(run, assistant_id),
-            calls=[ToolCall(call_id=c.id, name=c.function.name, arguments=c.function.arguments) for c in calls],
+            calls=[ToolCall(call_id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
+                   for c in calls],
         )
 
 
-def _run_ended(status: str, run: Run) -> RunEnded:
-    if run.last_error is not None:
-        return RunEnded(status, code=run.last_error.code, detail=run.last_error.message)
-    if run.incomplete_details is not None:
-        return RunEnded(status, code=run.incomplete_details.reason)
+_Opener = AbstractAsyncContextManager[AsyncAPIResponse[Any]]
+"""A streamed request not sent yet (``with_streaming_response``): entering it sends it."""
+
+
+def _delta_texts(delta_event: Mapping[str, Any]) -> list[str]:
+    """The non-empty text pieces of a ``thread.message.delta`` event's data."""
+    blocks = (delta_event.get("delta") or {}).get("content") or []
+    return [value for block in blocks if block.get("type") == "text"
+            and (value := (block.get("text") or {}).get("value"))]
+
+
+def _run_ended(status: str, run: Mapping[str, Any]) -> RunEnded:
+    if last_error := run.get("last_error"):
+        return RunEnded(status, code=last_error.get("code"), detail=last_error.get("message"))
+    if incomplete := run.get("incomplete_details"):
+        return RunEnded(status, code=incomplete.get("reason"))
     return RunEnded(status)

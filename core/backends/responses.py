@@ -15,6 +15,10 @@ function calls is complete: the engine answers them through ``submit_tool_output
 all outputs in one new request (chained the same way) and streams that response. The turn is
 remembered in memory, by the ID of its latest response, until it completes or is cancelled;
 ``resume`` re-attaches to a response whose stream was cut (``core.ports.Resumable``).
+
+A response's stream is requested through the SDK (``with_streaming_response``) and read with
+``core.backends.sse``: only the events used are decoded (the completed response once, into the
+SDK's ``Response``), and the body is read to its end so the next request reuses the connection.
 """
 
 from __future__ import annotations
@@ -29,17 +33,7 @@ from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.responses import (
-    Response,
-    ResponseCompletedEvent,
-    ResponseCreatedEvent,
-    ResponseErrorEvent,
-    ResponseFailedEvent,
-    ResponseIncompleteEvent,
-    ResponseRefusalDeltaEvent,
-    ResponseStreamEvent,
-    ResponseTextDeltaEvent,
-)
+from openai.types.responses import Response
 
 from core.backends.errors import STREAM_ERRORS, translate
 from core.backends.responses_history import ReplayHistory
@@ -51,6 +45,7 @@ from core.backends.responses_request import (
     tool_calls,
     user_message,
 )
+from core.backends.sse import Event, EventStream
 from core.config import ToolConfig
 from core.errors import BackendError, BackendNotFound, BackendUnavailable, RunEnded
 from core.models import (
@@ -69,6 +64,10 @@ log = logging.getLogger(__name__)
 
 State = Literal["conversations", "previous_response_id", "replay"]
 STOPPED_OUTPUT = '{"error": "the answer was stopped before this call was made"}'
+_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+_ENDINGS = frozenset({"response.failed", "response.incomplete", "error"})
+_STREAM_EVENTS = frozenset({"response.created", "response.completed", *_DELTAS, *_ENDINGS})
+"""The stream events ``_respond`` reads; output items, content parts, ``….done`` and the like are skipped."""
 MAX_TURNS = 10_000
 """Responses of unfinished turns remembered at most; the oldest is forgotten first (an abandoned answer)."""
 
@@ -202,21 +201,22 @@ class ResponsesBackend:
         """Stream one response: its text as it comes, then what the engine must do next."""
         response: Response | None = None
         try:
-            stream = await self.client.responses.create(stream=True, **request)
-            async with stream:
+            async with self.client.responses.with_streaming_response.create(stream=True, **request) as http:
+                stream = EventStream(http.iter_bytes(), _STREAM_EVENTS)
                 async for event in stream:
-                    if isinstance(event, ResponseTextDeltaEvent | ResponseRefusalDeltaEvent):
-                        if event.delta:
-                            yield TextDelta(text=event.delta)
-                    elif isinstance(event, ResponseCreatedEvent):
-                        if (started := self._created(answer, event.response.id)) is not None:
+                    if event.name in _DELTAS:
+                        if delta := event.data.get("delta"):
+                            yield TextDelta(text=delta)
+                    elif event.name == "response.created":
+                        if (started := self._created(answer, event.data["response"]["id"])) is not None:
                             yield started
-                    elif isinstance(event, ResponseCompletedEvent):
-                        response = event.response
+                    elif event.name == "response.completed":
+                        response = _response(event)
+                        await stream.finish()
                         break
-                    elif (ended := _ended_by(event)) is not None:
+                    else:
                         self._forget(answer)  # the turn is over: the engine will not come back to it
-                        raise ended
+                        raise _ended_by(event)
         except STREAM_ERRORS as exc:
             raise _translate(exc) from exc
         if response is None:
@@ -305,13 +305,22 @@ class ConversationsBackend(ResponsesBackend):
         return None
 
 
-def _ended_by(event: ResponseStreamEvent) -> RunEnded | None:
-    """The ``RunEnded`` of an event that ends the response other than completed."""
-    if isinstance(event, ResponseFailedEvent | ResponseIncompleteEvent):
-        return _ended(str(event.response.status or event.type.removeprefix("response.")), event.response)
-    if isinstance(event, ResponseErrorEvent):
-        return RunEnded("failed", code=event.code, detail=event.message)
-    return None
+def _response(event: Event) -> Response:
+    """The event's response as the SDK builds it when it reads one (``construct``: as lenient as
+    the SDK with servers whose objects differ a little from OpenAI's)."""
+    return Response.model_construct(**event.data["response"])
+
+
+def _ended_by(event: Event) -> BackendError | RunEnded:
+    """The error of an event that ends the response other than completed (one of ``_ENDINGS``)."""
+    if event.name == "error":
+        data = event.data
+        if isinstance(data.get("error"), dict):  # an error object, as the SDK's stream raised it
+            error = data["error"]
+            return BackendError(f"backend error: {error.get('message')}", code=error.get("code"))
+        return RunEnded("failed", code=data.get("code"), detail=data.get("message"))
+    response = _response(event)
+    return _ended(str(response.status or event.name.removeprefix("response.")), response)
 
 
 def _ended(status: str, response: Response) -> RunEnded:
