@@ -132,16 +132,16 @@ class Engine:
         ``NoSinkForPlatform``; every other failure becomes an error answer.
         """
         message = pending.message
-        attempts = int(pending.record.get("attempts", "0")) + 1
+        attempts = int(pending.record.get("attempts", "0")) + (0 if pending.begun else 1)
         interrupted = attempts - int(pending.record.get("handbacks", "0"))  # hand-backs are not failures
-        timeout_s = self.gateway.config.gateway.run_timeout_s
-        deadline_at = float(pending.record.get("deadline_at") or time.time() + timeout_s)
+        deadline_at = float(pending.record.get("deadline_at") or self.deadline_at())
         log.info("answering", extra={"event": "answer_started", "message_id": message.id, "attempt": attempts,
                                      "conversation": message.conversation, "recorded_status": pending.status})
-        fields = {"attempts": str(attempts), "deadline_at": f"{deadline_at:.3f}"}
-        if pending.run is None:
-            fields["status"] = "starting"  # from here on a run may exist: recovery checks before starting one
-        await self._persist(held, lambda: self.store.record(message, token, **fields))
+        if not pending.begun:  # the worker's claim/finish records this in the same round trip
+            fields = {"attempts": str(attempts), "deadline_at": f"{deadline_at:.3f}"}
+            if pending.run is None:
+                fields["status"] = "starting"  # from here on a run may exist: recovery checks before starting one
+            await self._persist(held, lambda: self.store.record(message, token, **fields))
         factory = self.gateway.sinks.get(message.place.platform)
         if factory is None:
             raise NoSinkForPlatform(f"no adapter for {message.place.platform} in this process")
@@ -167,6 +167,10 @@ class Engine:
                           on_posted=on_posted, deadline=loop_deadline, run=pending.run,
                           maybe_started=pending.status == "starting")
         return await self._answer_with(state, pending, interrupted)
+
+    def deadline_at(self) -> float:
+        """When a run begun now must be over (wall clock): ``run_timeout_s`` from now."""
+        return time.time() + self.gateway.config.gateway.run_timeout_s
 
     async def _known_parts(self, sink: ReplySink, pending: Pending) -> dict[int, str]:
         """The chat messages this answer already has: recorded ones, and after an interrupted

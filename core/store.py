@@ -6,8 +6,12 @@ the conversation's lease, so a process that lost its lease cannot write.
 
 Message lifecycle: ``accept`` records the message, appends it to its conversation's inbox and
 signals the partition's work stream, all before the platform is acknowledged. A worker that
-holds the lease answers the inbox head to tail; ``complete`` pops the head; ``release`` gives
-the lease up only when the inbox is empty, so a message that arrives meanwhile is never orphaned.
+holds the lease answers the inbox head to tail: ``claim`` takes the lease and begins the head,
+``finish`` records the answer, pops it and begins the next; both give the lease up (and
+acknowledge the driver's signals) only when the inbox is empty, atomically, so a message that
+arrives meanwhile is never orphaned. A message costs the driver three round trips: its begin
+(in ``claim`` or the previous ``finish``), ``record_run`` and its ``finish`` (plus one per chat
+message posted, recording its ref).
 ``hand_back`` gives it up at once (shutdown) and signals the conversation again so another
 process takes it now.
 
@@ -68,6 +72,63 @@ if not head then return {0} end
 local msg = redis.call('HGETALL', ARGV[2] .. head)
 local conv = redis.call('HGETALL', KEYS[3])
 return {1, head, msg, conv}
+"""
+
+# The head of an inbox, begun: counted as an attempt, given a deadline, marked ``starting`` unless
+# its run is known; or, with the inbox empty, the lease released and the driver's signals acked.
+# KEYS: lease, inbox, conv, work stream; ARGV (from ``a``): msg key prefix, msg ttl, deadline_at,
+# go on ('1' | '0'), entry ids ...
+_NEXT = """
+local function next_head(a)
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if not head then
+    redis.call('DEL', KEYS[1])
+    if #ARGV >= a + 4 then
+      redis.call('XACK', KEYS[4], '""" + WORK_GROUP + """', unpack(ARGV, a + 4))
+      redis.call('XDEL', KEYS[4], unpack(ARGV, a + 4))
+    end
+    return {0}
+  end
+  if ARGV[a + 3] ~= '1' then return {3, redis.call('LLEN', KEYS[2])} end
+  local key = ARGV[a] .. head
+  if redis.call('HEXISTS', key, 'payload') == 0 then return {2, head} end
+  local prior = redis.call('HGET', key, 'status') or 'queued'
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSETNX', key, 'deadline_at', ARGV[a + 2])
+  if redis.call('HEXISTS', key, 'run') == 0 then redis.call('HSET', key, 'status', 'starting') end
+  redis.call('EXPIRE', key, ARGV[a + 1])
+  return {1, head, prior, redis.call('HGETALL', key), redis.call('HGETALL', KEYS[3]), redis.call('LLEN', KEYS[2])}
+end
+"""
+
+# Take the lease (ARGV[2] = ttl ms) or check it is ours (ARGV[2] = ''), then ``next_head``.
+# KEYS: lease, inbox, conv, work stream; ARGV: token, ttl ms, then next_head's from 3.
+_CLAIM = _NEXT + """
+if ARGV[2] ~= '' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-2} end
+elseif redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+return next_head(3)
+"""
+
+# Complete the answered head, then ``next_head``: one round trip between two answers.
+# KEYS: lease, inbox, conv, work stream, msg; ARGV: token, message id, status, done ttl, now,
+# then next_head's from 6.
+_FINISH = _NEXT + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+if redis.call('LINDEX', KEYS[2], 0) == ARGV[2] then redis.call('LPOP', KEYS[2]) end
+redis.call('HSET', KEYS[5], 'status', ARGV[3], 'finished_at', ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+return next_head(6)
+"""
+
+# KEYS: lease, msg, conv; ARGV: token, run JSON, thread field, thread id, msg ttl, conv ttl
+_RECORD_RUN = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 'running')
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return 1
 """
 
 # KEYS: lease, target hash; ARGV: token, ttl, field, value, field, value, ...
@@ -151,8 +212,11 @@ class Pending:
 
     message: InboundMessage
     status: str
+    """The status recorded before this attempt (``queued`` for a message nobody has tried yet)."""
     record: dict[str, str]
     threads: dict[str, str] = field(default_factory=dict)
+    begun: bool = False
+    """This attempt is already counted in ``record`` (``claim``/``finish``): attempts, deadline, ``starting``."""
 
     @property
     def reply_refs(self) -> dict[int, str]:
@@ -163,6 +227,22 @@ class Pending:
     def run(self) -> RunRef | None:
         raw = self.record.get("run")
         return RunRef.model_validate_json(raw) if raw else None
+
+
+@dataclass
+class Step:
+    """Where a driver stands after ``claim`` or ``finish``.
+
+    ``pending``: the next message, begun. Otherwise ``released`` (the inbox was empty: the lease
+    is given up and the driver's signals acknowledged) or, when told not to go on, neither: the
+    driver still holds the lease and hands the conversation back. ``leased`` is False when
+    ``claim`` found the lease held elsewhere.
+    """
+
+    pending: Pending | None = None
+    released: bool = False
+    waiting: int = 0
+    leased: bool = True
 
 
 @dataclass
@@ -182,6 +262,9 @@ class Store:
         self._accept = redis.register_script(_ACCEPT)
         self._peek = redis.register_script(_PEEK)
         self._fenced_hset = redis.register_script(_FENCED_HSET)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._record_run = redis.register_script(_RECORD_RUN)
         self._complete = redis.register_script(_COMPLETE)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
@@ -398,6 +481,59 @@ class Store:
         message = InboundMessage.model_validate_json(record["payload"])
         return Pending(message=message, status=record.get("status", "queued"), record=record, threads=threads)
 
+    @translate_errors
+    async def claim(self, conversation: str, token: str, *, deadline_at: float, entries: list[str],
+                    acquire: bool = True) -> Step:
+        """Take the conversation's lease (``acquire``; else check it is ours) and begin its inbox
+        head, in one round trip. With the inbox empty the lease is released at once and
+        ``entries`` (the driver's work signals) acknowledged. ``Step.leased`` is False if another
+        holder has the lease; ``LeaseLost`` if ``acquire`` is False and the lease is not ours."""
+        k = self.keys
+        ttl = str(int(self.limits.lease_ttl_s * 1000)) if acquire else ""
+        reply = await self._claim(keys=[k.lease(conversation), k.inbox(conversation), k.conv(conversation),
+                                        k.work_for(conversation)],
+                                  args=[token, ttl, *self._next_args(conversation, deadline_at, True, entries)])
+        if int(reply[0]) == -2:
+            return Step(leased=False)
+        return await self._step(conversation, token, reply, deadline_at=deadline_at, entries=entries)
+
+    @translate_errors
+    async def finish(self, conversation: str, token: str, message_id: str, *, status: str, deadline_at: float,
+                     entries: list[str], go_on: bool = True) -> Step:
+        """Record the head's final ``status``, pop it, and begin the next one (unless not ``go_on``)
+        or release the lease if none waits — one round trip between two answers."""
+        k = self.keys
+        reply = await self._finish(
+            keys=[k.lease(conversation), k.inbox(conversation), k.conv(conversation), k.work_for(conversation),
+                  k.msg(conversation, message_id)],
+            args=[token, message_id, status, self.limits.dedupe_ttl_s, f"{time.time():.3f}",
+                  *self._next_args(conversation, deadline_at, go_on, entries)],
+        )
+        return await self._step(conversation, token, reply, deadline_at=deadline_at, entries=entries)
+
+    def _next_args(self, conversation: str, deadline_at: float, go_on: bool, entries: list[str]) -> list[str]:
+        return [self.keys.msg(conversation, ""), str(MESSAGE_PENDING_TTL_S), f"{deadline_at:.3f}",
+                "1" if go_on else "0", *entries]
+
+    async def _step(self, conversation: str, token: str, reply: list[Any], *, deadline_at: float,
+                    entries: list[str]) -> Step:
+        kind = int(reply[0])
+        if kind == -1:
+            raise LeaseLost(conversation)
+        if kind == 0:
+            return Step(released=True)
+        if kind == 3:
+            return Step(waiting=int(reply[1]))
+        if kind == 2:
+            # The head's record expired while queued: drop it so the inbox cannot stall on it.
+            await self.complete(conversation, token, str(reply[1]), status="lost")
+            return await self.claim(conversation, token, deadline_at=deadline_at, entries=entries, acquire=False)
+        record, conv = _pairs(reply[3]), _pairs(reply[4])
+        threads = {f.removeprefix("thread:"): v for f, v in conv.items() if f.startswith("thread:")}
+        message = InboundMessage.model_validate_json(record["payload"])
+        pending = Pending(message=message, status=str(reply[2]), record=record, threads=threads, begun=True)
+        return Step(pending=pending, waiting=int(reply[5]))
+
     async def record(self, message: InboundMessage, token: str, **fields: str) -> None:
         """Fenced update of the message's record (status, run, reply refs, …)."""
         await self._hset(message.conversation, token, self.keys.msg(message.conversation, message.id),
@@ -409,12 +545,17 @@ class Store:
         await self._hset(conv, token, self.keys.conv(conv), self.limits.conversation_ttl_s,
                          {f"thread:{backend}": thread_id})
 
+    @translate_errors
     async def record_run(self, message: InboundMessage, token: str, run: RunRef) -> None:
         """Before anything else happens on a run: which run answers this message, on which thread."""
-        conv = message.conversation
-        await self.record(message, token, run=run.model_dump_json(), status="running")
-        await self._hset(conv, token, self.keys.conv(conv), self.limits.conversation_ttl_s,
-                         {f"thread:{run.backend}": run.thread_id})
+        conv, k = message.conversation, self.keys
+        result = await self._record_run(
+            keys=[k.lease(conv), k.msg(conv, message.id), k.conv(conv)],
+            args=[token, run.model_dump_json(), f"thread:{run.backend}", run.thread_id, MESSAGE_PENDING_TTL_S,
+                  self.limits.conversation_ttl_s],
+        )
+        if int(result) < 0:
+            raise LeaseLost(conv)
 
     @translate_errors
     async def complete(self, conversation: str, token: str, message_id: str, *, status: str) -> int:

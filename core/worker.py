@@ -62,8 +62,14 @@ _LOOP_ERRORS = (StoreUnavailable, RedisError)
 class _Driver:
     conversation: str
     token: str
-    valid_until: float
     entries: list[str] = field(default_factory=list)
+    """Work signals this driver owns, acknowledged when it releases or hands back the lease."""
+    reclaimed: set[str] = field(default_factory=set)
+    """Those of ``entries`` taken over from a dead consumer (kept pending if the lease is busy)."""
+    retry: bool = True
+    """A busy lease is tried again when it is due to expire (once; then the next reclaim)."""
+    claimed: bool = False
+    valid_until: float = 0.0
     remaining: int = 0
     task: asyncio.Task[None] | None = None
     lost: bool = False
@@ -72,7 +78,7 @@ class _Driver:
 
     def held(self) -> bool:
         """True while the lease is certainly still ours (see ``LEASE_TRUST``)."""
-        return not self.lost and time.monotonic() < self.valid_until
+        return self.claimed and not self.lost and time.monotonic() < self.valid_until
 
 
 class Worker:
@@ -163,25 +169,30 @@ class Worker:
         driver = self._drivers.get(conversation)
         if driver is not None and not driver.closing:
             driver.entries.append(entry_id)
+            if reclaimed:
+                driver.reclaimed.add(entry_id)
             return
         if self._stopping.is_set() or driver is not None:
             # For a worker that is not stopping. Never taken into a driver that is handing back:
             # its acknowledgement would swallow a signal that came after the inbox was checked.
             await self.store.resignal(conversation, [entry_id])
             return
-        token = uuid.uuid4().hex
-        sent_at = time.monotonic()
-        if not await self.store.acquire(conversation, token):
-            if not reclaimed:
-                # Leased elsewhere: the holder answers the inbox before it can release.
-                await self.store.ack_work(conversation, [entry_id])
-            elif retry:
-                self._spawn(self._claim_when_free(conversation, entry_id), name=f"claim:{conversation}")
-            return
-        driver = _Driver(conversation=conversation, token=token, entries=[entry_id],
-                         valid_until=sent_at + self.lease_ttl_s * LEASE_TRUST)
+        driver = _Driver(conversation=conversation, token=uuid.uuid4().hex, entries=[entry_id],
+                         reclaimed={entry_id} if reclaimed else set(), retry=retry)
         self._drivers[conversation] = driver
         driver.task = self._spawn(self._drive(driver), name=f"drive:{conversation}")
+
+    async def _leased_elsewhere(self, driver: _Driver) -> None:
+        """Another process holds the lease: it answers the inbox before it can release, so fresh
+        signals are acknowledged; reclaimed ones (their holder may have died) stay pending."""
+        conv = driver.conversation
+        if self._drivers.get(conv) is driver:
+            del self._drivers[conv]
+        fresh = [e for e in driver.entries if e not in driver.reclaimed]
+        await self.store.ack_work(conv, fresh)
+        if driver.retry:
+            for entry_id in driver.reclaimed:
+                self._spawn(self._claim_when_free(conv, entry_id), name=f"claim:{conv}")
 
     async def _claim_when_free(self, conversation: str, entry_id: str) -> None:
         """A reclaimed signal whose lease is still held (its holder just died): try again when the
@@ -219,7 +230,7 @@ class Worker:
 
     async def _renew_once(self) -> bool:
         """Renew every lease (and touch its signals) in one round trip; False if Redis is unreachable."""
-        drivers = {conv: d for conv, d in self._drivers.items() if not d.lost}
+        drivers = {conv: d for conv, d in self._drivers.items() if d.claimed and not d.lost}
         sent_at = time.monotonic()
         try:
             results = await self.store.renew_many(
@@ -243,7 +254,7 @@ class Worker:
         """Stop drivers whose lease could not be renewed in time: another process may own it soon."""
         now = time.monotonic()
         for driver in list(self._drivers.values()):
-            if not driver.lost and now >= driver.valid_until:
+            if driver.claimed and not driver.lost and now >= driver.valid_until:
                 log.warning("lease not renewed in time; stopping", extra={
                     "event": "lease_untrusted", "conversation": driver.conversation})
                 self._stop(driver)
@@ -258,18 +269,11 @@ class Worker:
     async def _drive(self, driver: _Driver) -> None:
         conv = driver.conversation
         try:
-            while True:
-                if await self._answer_inbox(driver):
-                    return  # handed back (draining)
-                seen = len(driver.entries)
-                if await self._fenced(driver, lambda: self.store.release(conv, driver.token)):
-                    del self._drivers[conv]
-                    late = driver.entries[seen:]
-                    await asyncio.shield(self.store.ack_work(conv, driver.entries[:seen]))
-                    for entry_id in late:
-                        # Read while we released: their message may have come after; start over safely.
-                        await self._on_signal(conv, entry_id, reclaimed=False)
+            async with self._slots:  # one slot per conversation being answered: runs are one at a time
+                if self._stopping.is_set():
+                    await self.store.resignal(conv, driver.entries)
                     return
+                await self._answer_inbox(driver)
         except (LeaseLost, NoSinkForPlatform) as exc:
             log.warning("stopped driving conversation", extra={"event": "driver_stopped", "conversation": conv,
                                                                 "reason": type(exc).__name__})
@@ -280,31 +284,58 @@ class Worker:
             log.exception("driver failed; the work will be reclaimed", extra={"event": "driver_failed",
                                                                               "conversation": conv})
         except asyncio.CancelledError:
-            if not driver.lost:
+            if driver.claimed and not driver.lost:
                 await self._hand_back(driver)
+            elif not driver.claimed:
+                await self._put_back(driver)
             raise
         finally:
             if self._drivers.get(conv) is driver:
                 del self._drivers[conv]
             self._update_depth(driver, 0)
 
-    async def _answer_inbox(self, driver: _Driver) -> bool:
-        """Answer the inbox until it is empty (False) or the worker drains (handed back: True)."""
+    async def _answer_inbox(self, driver: _Driver) -> None:
+        """Claim the conversation and answer its inbox until it is empty (the lease released, the
+        signals acknowledged) or the worker drains (handed back). Between two answers one
+        ``finish`` round trip records the first and begins the second."""
         conv, token = driver.conversation, driver.token
-        while not self._stopping.is_set():
-            pending = await self._fenced(driver, lambda: self.store.peek(conv, token))
-            if pending is None:
-                return False
-            async with self._slots:
-                if self._stopping.is_set():
-                    break
-                status = await self.engine.answer(pending, token, held=driver.held)
-            complete = functools.partial(self.store.complete, conv, token, pending.message.id, status=status)
-            self._update_depth(driver, await self._fenced(driver, complete))
+        seen = len(driver.entries)
+        sent_at = time.monotonic()
+        step = await self.store.claim(conv, token, deadline_at=self.engine.deadline_at(), entries=driver.entries[:seen])
+        if not step.leased:
+            await self._leased_elsewhere(driver)
+            return
+        driver.claimed = True
+        driver.valid_until = sent_at + self.lease_ttl_s * LEASE_TRUST
+        while step.pending is not None:
+            if self._stopping.is_set():
+                break  # draining: the begun head goes back with the conversation (a hand-back is no failure)
+            pending = step.pending
+            self._update_depth(driver, step.waiting)
+            status = await self.engine.answer(pending, token, held=driver.held)
+            seen = len(driver.entries)
+            finish = functools.partial(self.store.finish, conv, token, pending.message.id, status=status,
+                                       deadline_at=self.engine.deadline_at(), entries=driver.entries[:seen],
+                                       go_on=not self._stopping.is_set())
+            step = await self._fenced(driver, finish)
             log.info("message done", extra={"event": "message_done", "conversation": conv,
                                             "message_id": pending.message.id, "status": status})
-        await self._hand_back(driver)
-        return True
+        if not step.released:
+            await self._hand_back(driver)  # draining, with messages still waiting
+            return
+        del self._drivers[conv]
+        for entry_id in driver.entries[seen:]:
+            # Read while we released: their message may have come after; start over safely.
+            await self._on_signal(conv, entry_id, reclaimed=False)
+
+    async def _put_back(self, driver: _Driver) -> None:
+        """A driver stopped before it claimed anything: its signals go back to the stream for others."""
+        try:
+            async with asyncio.timeout(HAND_BACK_TIMEOUT_S):
+                await asyncio.shield(self.store.resignal(driver.conversation, driver.entries))
+        except (*_LOOP_ERRORS, TimeoutError) as exc:
+            log.warning("could not put signals back; they will be reclaimed", extra={
+                "event": "hand_back_failed", "conversation": driver.conversation, "error": type(exc).__name__})
 
     async def _fenced(self, driver: _Driver, op: Callable[[], Awaitable[T]]) -> T:
         """A store call of the driver, tried again through a short Redis outage while the lease is ours."""
