@@ -14,6 +14,7 @@ workspace default), when (``at``, Unix seconds by Redis' clock) and what (``old`
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -67,10 +68,13 @@ class BindingChange:
 class BindingLog:
     """Changes run-time bindings with their audit entry (atomically), and reads the trail back."""
 
-    def __init__(self, redis: aioredis.Redis, *, keys: Keys, max_entries: int = AUDIT_MAX_ENTRIES) -> None:
+    def __init__(self, redis: aioredis.Redis, *, keys: Keys, max_entries: int = AUDIT_MAX_ENTRIES,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.max_entries = max_entries
+        self._on_change = on_change
+        """Told after every change this log made (the gateway drops its cached bindings)."""
         self._change = redis.register_script(_CHANGE)
 
     @translate_errors
@@ -84,6 +88,8 @@ class BindingLog:
             args += [name, value]
         changed, old, at = await self._change(
             keys=[self.keys.binding(platform, workspace, channel), self.keys.audit(platform, workspace)], args=args)
+        if self._on_change is not None:
+            self._on_change()
         if not int(changed):
             return None
         return BindingChange(platform=platform, workspace=workspace, channel=channel, old=str(old) or None,

@@ -85,7 +85,7 @@ async def assistant_command(gateway: Gateway, text: str, ctx: CommandContext) ->
 
 
 async def _show(gateway: Gateway, ctx: CommandContext) -> str:
-    binding = await gateway.binding(ctx.place)
+    binding = await gateway.binding(ctx.place, fresh=True)
     origin = " (set by an admin)" if binding.origin == "runtime" else " (from the config file)"
     return f"*{binding.profile}* answers here: {_SOURCE[binding.source]}{origin}."
 
@@ -134,10 +134,10 @@ async def _use(gateway: Gateway, args: list[str], ctx: CommandContext) -> str:
     if request.profile is not None and request.profile not in profiles:
         known = ", ".join(f"`{name}`" for name in profiles)
         return f"There is no profile `{request.profile}`. Profiles: {known}. Nothing changed."
-    before = await gateway.binding(place)
+    before = await gateway.binding(place, fresh=True)
     change = await gateway.binding_log.change(platform=place.platform, workspace=place.workspace, channel=channel,
                                               profile=request.profile, actor=place.user, via="chat")
-    after = await gateway.binding(place)
+    after = await gateway.binding(place, fresh=True)
     return _describe(gateway, request, change, before, after)
 
 

@@ -61,7 +61,7 @@ class Gateway:
         self.store = store
         self._config = config
         self.bindings = BindingResolver(store=store, config=config)
-        self.binding_log = BindingLog(store.redis, keys=store.keys)
+        self.binding_log = BindingLog(store.redis, keys=store.keys, on_change=lambda: self.bindings.forget())
         self.limiter = RateLimiter(store.redis, keys=store.keys)
         self.sinks: dict[str, ReplySinkFactory] = {}
         self._known: dict[str, float] = {}  # conversation -> monotonic time it is known to exist until; oldest first
@@ -153,8 +153,9 @@ class Gateway:
         """The next message in ``conversation`` starts a new backend thread."""
         await self.store.reset(conversation)
 
-    async def binding(self, place: Place) -> Binding:
-        return await self.bindings.resolve(place)
+    async def binding(self, place: Place, *, fresh: bool = False) -> Binding:
+        """The profile answering at ``place``; see ``BindingResolver.resolve`` for ``fresh``."""
+        return await self.bindings.resolve(place, fresh=fresh)
 
     def profile_names(self) -> list[str]:
         return list(self._config.profiles)
