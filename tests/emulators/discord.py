@@ -10,6 +10,7 @@ What a test can do:
   ``user_message(...)`` a ``MESSAGE_CREATE``; ``add_text_channel``/``add_thread``/``dm_channel`` shape it;
 - observe it: ``calls`` is every REST call in order (method, path, JSON body, status), ``messages`` every
   message by id with its content history, ``interactions`` every interaction with its acknowledgement time;
+  ``GET /channels/<id>/messages`` (``after``/``before``/``limit``) lists a channel as Discord does;
 - break it: ``inject(...)`` answers matching calls with an error (429 with Discord's body and ``Via``
   header, ``10062`` unknown interaction, ``50013`` missing permissions, ``10003`` unknown channel...),
   ``drop_connections()`` closes the gateway so the client RESUMEs.
@@ -17,7 +18,11 @@ What a test can do:
 Discord's behaviour kept on purpose: JSON answers carry exactly ``Content-Type: application/json``
 (discord.py compares it verbatim); an interaction must be answered within ``ack_deadline_s`` and once;
 its token is valid ``token_ttl_s``; without the message content intent, guild messages that do not
-mention the bot arrive with empty ``content``; the bot's own messages come back as ``MESSAGE_CREATE``.
+mention the bot arrive with empty ``content``; the bot's own messages come back as ``MESSAGE_CREATE``;
+a create with ``enforce_nonce`` and a ``nonce`` the same author used within ``nonce_window_s`` is answered
+with that earlier message and creates none (404 Unknown Message if it was deleted: ``del messages[id]``),
+``expire_nonces()`` lets that window pass; interaction responses carry ``interaction_metadata`` (follow-ups
+with ``original_response_message_id``).
 """
 
 from __future__ import annotations
@@ -130,13 +135,16 @@ class DiscordEmulator:
 
     def __init__(self, *, token: str = "emulator-bot-token", shard_count: int = 1,
                  message_content_allowed: bool = True, ack_deadline_s: float = 3.0,
-                 token_ttl_s: float = 900.0, heartbeat_interval_ms: int = 41_250) -> None:
+                 token_ttl_s: float = 900.0, heartbeat_interval_ms: int = 41_250,
+                 nonce_window_s: float = 300.0) -> None:
         self.token = token
         self.shard_count = shard_count
         self.message_content_allowed = message_content_allowed
         self.ack_deadline_s = ack_deadline_s
         self.token_ttl_s = token_ttl_s
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.nonce_window_s = nonce_window_s
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}  # (author, nonce) -> (message id, when)
         self._ids = itertools.count(1)
         self.app_id = self.new_id()
         self.bot = self._user_payload(self.app_id, "switchboard", bot=True)
@@ -558,6 +566,7 @@ class DiscordEmulator:
             ("PATCH", hook + r"/messages/(\d+)", False, self._edit_followup),
             ("GET", r"/channels/(\d+)", True, self._get_channel),
             ("POST", r"/channels/(\d+)/messages", True, self._create_message),
+            ("GET", r"/channels/(\d+)/messages", True, self._list_messages),
             ("PATCH", r"/channels/(\d+)/messages/(\d+)", True, self._edit_message),
             ("GET", r"/channels/(\d+)/messages/(\d+)", True, self._get_message),
             ("POST", r"/channels/(\d+)/typing", True, self._typing),
@@ -702,11 +711,51 @@ class DiscordEmulator:
         channel = self._channel_or_error(channel_id)
         if isinstance(channel, web.Response):
             return channel
+        nonce = None if body.get("nonce") is None else str(body["nonce"])
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self._nonce_used(self.app_id, nonce)
+            if earlier is not None:
+                return earlier
         reference = (body.get("message_reference") or {}).get("message_id")
         message = self._store_message(channel_id, self.app_id, body.get("content", ""), kind="channel",
                                       reference_id=str(reference) if reference else None)
+        payload = self._message_payload(message)
+        if nonce is not None:
+            self._nonces[(self.app_id, nonce)] = (message.id, time.monotonic())
+            payload["nonce"] = nonce
         await self._echo(message)
-        return _json(self._message_payload(message))
+        return _json(payload)
+
+    def _nonce_used(self, author_id: str, nonce: str) -> web.Response | None:
+        """Discord's ``enforce_nonce``: the message this author made with ``nonce`` in the past few minutes."""
+        seen = self._nonces.get((author_id, nonce))
+        if seen is None or time.monotonic() - seen[1] > self.nonce_window_s:
+            return None
+        message = self.messages.get(seen[0])
+        if message is None:
+            return _error(404, 10008, "Unknown Message")  # deleted since: Discord does not make it again
+        return _json({**self._message_payload(message), "nonce": nonce})
+
+    def expire_nonces(self) -> None:
+        """Let Discord's nonce window pass: every nonce used so far may make a new message again."""
+        self._nonces.clear()
+
+    async def _list_messages(self, request: web.Request, _body: Any, channel_id: str) -> web.Response:
+        """Up to ``limit`` messages, newest first: the oldest ones after ``after``, the newest before ``before``."""
+        channel = self._channel_or_error(channel_id)
+        if isinstance(channel, web.Response):
+            return channel
+        query = request.query
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= 100 or "around" in query:
+            return _error(400, 50035, "Invalid Form Body (limit 1-100; around is not emulated)")
+        found = sorted((m for m in self.messages.values() if m.channel_id == channel_id), key=lambda m: int(m.id))
+        if "after" in query:
+            found = [m for m in found if int(m.id) > int(query["after"])][:limit]
+        else:
+            before = int(query.get("before", str(1 << 64)))
+            found = [m for m in found if int(m.id) < before][-limit:]
+        return _json([self._message_payload(m) for m in reversed(found)])
 
     async def _edit_message(self, _request: web.Request, body: Any, channel_id: str,
                             message_id: str) -> web.Response:
@@ -770,6 +819,14 @@ class DiscordEmulator:
             message.content = body["content"]
             message.history.append(message.content)
 
+    def _interaction_metadata(self, message: EmuMessage) -> Json:
+        interaction = self.interactions[message.interaction_id or ""]
+        meta: Json = {"id": interaction.id, "type": 2, "user": self.users[interaction.user_id],
+                      "authorizing_integration_owners": {"0": interaction.guild_id or "0"}}
+        if message.kind == "followup" and interaction.original_id is not None:
+            meta["original_response_message_id"] = interaction.original_id
+        return meta
+
     async def _echo(self, message: EmuMessage) -> None:
         """Discord sends the bot its own messages too."""
         await self.dispatch("MESSAGE_CREATE", self._message_payload(message, created=True),
@@ -789,6 +846,7 @@ class DiscordEmulator:
         if message.interaction_id is not None:
             payload["webhook_id"] = self.app_id
             payload["application_id"] = self.app_id
+            payload["interaction_metadata"] = self._interaction_metadata(message)
         if message.reference_id is not None:
             payload["type"] = 19
             payload["message_reference"] = {"message_id": message.reference_id, "channel_id": message.channel_id}
