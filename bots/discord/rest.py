@@ -69,6 +69,11 @@ class InteractionWebhook:
                                         json={"content": content, "allowed_mentions": NO_MENTIONS})
         return int(data["id"])
 
+    async def original_id(self) -> int:
+        """The deferred response's message ID (its follow-ups name it as ``original_response_message_id``)."""
+        data = await self._http.request(self._route("GET", "/messages/@original"))
+        return int(data["id"])
+
     async def send(self, content: str) -> int:
         """Post a follow-up message; returns its ID."""
         data = await self._http.request(self._route("POST", ""),
