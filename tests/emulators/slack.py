@@ -423,9 +423,9 @@ class SlackEmulator:
     def _conversations_replies(self, args: Args) -> Args:
         """A thread, oldest first: its parent, then the replies (``thread_not_found`` if none)."""
         channel, ts = self._writable_channel(args), str(args.get("ts", ""))
-        thread = [m for m in self._channel_history(channel, args) if m["ts"] == ts or m.get("thread_ts") == ts]
-        if not thread:
+        if not any(m["ts"] == ts or m.get("thread_ts") == ts for m in self._channel_history(channel, {})):
             raise SlackError("thread_not_found")
+        thread = [m for m in self._channel_history(channel, args) if m["ts"] == ts or m.get("thread_ts") == ts]
         return self._page(sorted(thread, key=lambda m: _ts_key(m["ts"])), args)
 
     def _conversations_history(self, args: Args) -> Args:

@@ -160,6 +160,16 @@ async def test_an_earlier_answer_and_other_messages_of_ours_are_never_adopted(
     assert texts == ["First ans", "First answer, in full.", "Too long, sorry.", "Second answer."]
 
 
+async def test_an_attempt_that_posted_nothing_finds_nothing(
+        emu: SlackEmulator, factory: SlackSinkFactory, caplog: pytest.LogCaptureFixture) -> None:
+    message = person_says(emu, "tell me")
+    with caplog.at_level(logging.INFO, logger="bots.slack"):
+        assert await (await factory.open(message=message, existing_refs={})).posted_parts() == {}
+    assert not [r for r in caplog.records if getattr(r, "event", "").startswith("slack_")]
+    [call] = emu.calls_to("conversations.replies")
+    assert call.ok and call.args["oldest"] == message.reply_to["message_ts"]
+
+
 async def test_history_that_cannot_be_read_leaves_the_answer_as_before(
         emu: SlackEmulator, factory: SlackSinkFactory, caplog: pytest.LogCaptureFixture) -> None:
     message = person_says(emu, "tell me")
