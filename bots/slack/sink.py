@@ -8,10 +8,12 @@ error text); this sink only performs the Slack calls:
 - **Post + edit** (``chat.postMessage`` / ``chat.update`` with ``markdown_text``) where streaming
   is refused (remembered per channel), for top-level DM answers, after a stream ended (Slack
   ends streams ~5 minutes after they start; ours are stopped before that), and for recovered parts.
-- **Working indicator**: ``assistant.threads.setStatus`` in threads; where that is refused or there
-  is no thread, a reaction on the person's message, removed by ``done()``. ``working()`` does not
-  wait for Slack (the backend request goes out meanwhile instead of one Slack round trip later);
-  every later call on the sink waits for the indicator first, so it still comes before the answer.
+- **Working indicator**: ``assistant.threads.setStatus`` in threads, which Slack clears itself when
+  the app replies in the thread (``done()`` clears it only when this attempt posted nothing there);
+  where that is refused or there is no thread, a reaction on the person's message, removed by
+  ``done()``. ``working()`` does not wait for Slack (the backend request goes out meanwhile instead
+  of one Slack round trip later); every later call on the sink waits for the indicator first, so it
+  still comes before the answer.
 - **Recovery** (``core.ports.FindsPostedParts``): every message is tagged with Slack message metadata
   naming the answer and the part (``bots.slack.parts``), so ``posted_parts`` finds the messages an
   interrupted attempt posted but never recorded; a stream it started (untagged: ``chat.startStream``
@@ -136,6 +138,7 @@ class SlackReplySink:
         self._parts: dict[str, _Part] = {}
         self._undelivered: str | None = None
         self._status_set = False
+        self._replied = False  # a message was posted into the place: Slack has cleared the status
         self._reacted = False
         self._indicator: asyncio.Task[None] | None = None
 
@@ -189,12 +192,13 @@ class SlackReplySink:
                                                        "channel": self._target.channel})
 
     async def done(self) -> None:
-        """Close streams left open, then clear the status or remove the reaction. Never raises for Slack."""
+        """Close streams left open, then clear the status (unless a reply cleared it) or remove the
+        reaction. Never raises for Slack."""
         await self._indicated()
         for part in self._parts.values():
             if part.streaming:
                 await self._guarded("stop_stream", self._stop_stream(part))
-        if self._status_set:
+        if self._status_set and not self._replied:
             await self._guarded("clear_status", self._client.assistant_threads_setStatus(
                 channel_id=self._target.channel, thread_ts=self._target.thread_ts or "", status=""))
         if self._reacted:
@@ -338,6 +342,7 @@ class SlackReplySink:
             log.info("streaming refused; posting instead", extra={"event": "slack_stream_refused", "error": code,
                                                                    "channel": target.channel})
             return None
+        self._replied = True
         return _Part(ts=str(response["ts"]), shown=text, index=index, streaming=True, started=time.monotonic())
 
     async def _edit_stream(self, part: _Part, text: str, *, final: bool) -> None:
@@ -425,6 +430,7 @@ class SlackReplySink:
         response = await self._client.chat_postMessage(
             channel=target.channel, thread_ts=target.thread_ts, markdown_text=text, unfurl_links=False,
             metadata=metadata)
+        self._replied = True
         return str(response["ts"])
 
     async def _update(self, ts: str, text: str, metadata: dict[str, Any] | None) -> None:

@@ -10,6 +10,8 @@
   (``user``, ``bot_id``, ``app_id`` as Slack gives them) and the people's messages built with
   ``message_event`` (``said``), ``oldest``/``latest``/``inclusive``, cursor pagination
   (``history_page_size``), and each message's ``metadata`` only with ``include_all_metadata``;
+- shows the assistant status of a thread as Slack does (``status_shown``: ``setStatus`` sets it, an
+  empty status or the bot's next message in the thread clears it);
 - injects Slack's failures on demand: ``rate_limit`` (HTTP 429 + ``Retry-After``), ``fail_next``
   (any ``{"ok": false, "error": ...}``), ``max_text_chars`` (``msg_too_long``), ``not_in_channel``,
   ``refuse_streaming_in`` (streaming refused in a kind of channel), ``stream_ttl_s`` /
@@ -128,7 +130,8 @@ class SlackEmulator:
         self.said: dict[str, Args] = {}  # ts -> a person's (or another bot's) message, from message_event
         self.history_page_size = 1000
         self.reactions: dict[tuple[str, str], list[str]] = {}
-        self.statuses: list[tuple[str, str, str]] = []
+        self.statuses: list[tuple[str, str, str]] = []  # every assistant.threads.setStatus, in order
+        self.thread_status: dict[tuple[str, str], str] = {}  # what a thread shows now (see status_shown)
         self.ephemerals: list[Args] = []
         self.users: dict[str, Args] = {}
         self.usergroups: dict[str, list[str]] = {}
@@ -194,6 +197,11 @@ class SlackEmulator:
         found = [m for m in self.messages.values()
                  if m.channel == channel and (thread_ts is None or m.thread_ts == thread_ts)]
         return sorted(found, key=lambda m: _ts_key(m.ts))
+
+    def status_shown(self, channel: str, thread_ts: str) -> str:
+        """The assistant status a thread shows now: set by ``setStatus``, cleared by ``setStatus("")``
+        and, as Slack does, by the bot's next message in the thread."""
+        return self.thread_status.get((channel, thread_ts), "")
 
     def thread_text(self, channel: str, thread_ts: str | None) -> str:
         """The bot's messages in a thread (or top level of a DM when None), joined by blank lines."""
@@ -303,11 +311,17 @@ class SlackEmulator:
         text = self._checked_text(args)
         ts = self.next_ts()
         thread_ts = args.get("thread_ts") or None
+        self._replied(channel, thread_ts)
         self.messages[ts] = Message(channel=channel, ts=ts, text=text, thread_ts=thread_ts, kind="post",
                                     edits=[text], blocks=_json_arg(args.get("blocks")),
                                     metadata=_json_arg(args.get("metadata")))
         return {"channel": channel, "ts": ts, "message": {"text": text, "ts": ts, "user": self.bot_user_id,
                                                           "bot_id": self.bot_id, "thread_ts": thread_ts}}
+
+    def _replied(self, channel: str, thread_ts: str | None) -> None:
+        """The bot posted in a thread: Slack clears the assistant status shown there."""
+        if thread_ts is not None:
+            self.thread_status.pop((channel, thread_ts), None)
 
     def _message(self, args: Args) -> Message:
         message = self.messages.get(str(args.get("ts", "")))
@@ -347,6 +361,7 @@ class SlackEmulator:
                 raise SlackError("missing_recipient_user_id")
         text = self._checked_text(args, required=False)
         ts = self.next_ts()
+        self._replied(channel, str(args["thread_ts"]))
         self.messages[ts] = Message(channel=channel, ts=ts, text=text, thread_ts=str(args["thread_ts"]),
                                     kind="stream", edits=[text], streaming=True,
                                     stream_started_at=time.monotonic())
@@ -396,7 +411,12 @@ class SlackEmulator:
         if self.set_status_error is not None:
             raise SlackError(self.set_status_error)
         self._writable_channel(args, "channel_id")
-        self.statuses.append((str(args["channel_id"]), str(args.get("thread_ts")), str(args.get("status", ""))))
+        where, status = (str(args["channel_id"]), str(args.get("thread_ts"))), str(args.get("status", ""))
+        self.statuses.append((*where, status))
+        if status:
+            self.thread_status[where] = status
+        else:
+            self.thread_status.pop(where, None)
         return {}
 
     def _users_info(self, args: Args) -> Args:

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from pydantic import SecretStr
 from bots.slack import SlackAdapter
 from core.errors import StoreUnavailable
 from core.httpserver import HttpServer
+from core.models import InboundMessage
+from core.ports import ReplySink, ReplySinkFactory
 from core.settings import Settings
 from tests.conftest import RedisServer, free_port
 from tests.emulators.slack import Delivery, Message, SlackEmulator
@@ -27,12 +30,33 @@ C = "C0GENERAL"
 DM = "D0ALICE"
 
 
+class EndedSinks:
+    """The adapter's reply sink factory, counting per (channel, thread) the answers whose sink is done:
+    ``done()`` is awaited once per answer, after its last write, whatever the outcome."""
+
+    def __init__(self, inner: ReplySinkFactory) -> None:
+        self.inner = inner
+        self.ended: Counter[tuple[str, str | None]] = Counter()
+
+    async def open(self, *, message: InboundMessage, existing_refs: Mapping[str, str]) -> ReplySink:
+        sink = await self.inner.open(message=message, existing_refs=existing_refs)
+        done, where = sink.done, (message.reply_to["channel"], message.reply_to.get("thread_ts") or None)
+
+        async def counted() -> None:
+            await done()
+            self.ended[where] += 1
+
+        sink.done = counted  # type: ignore[method-assign]
+        return sink
+
+
 @dataclass
 class World:
     emu: SlackEmulator
     stack: Stack
     adapter: SlackAdapter
     url: str
+    sinks: EndedSinks
 
     async def deliver(self, event: dict[str, Any], **kwargs: Any) -> Delivery:
         return await self.emu.deliver(self.url, self.emu.event_callback(event), **kwargs)
@@ -44,12 +68,8 @@ class World:
         return answer
 
     async def answered(self, channel: str, thread_ts: str | None, *, count: int = 1) -> list[Message]:
-        """Wait until ``count`` answers ended in the thread (the sink's ``done()`` cleared the indicator)."""
-        def ends() -> int:
-            cleared = sum(1 for s in self.emu.statuses if s[:2] == (channel, thread_ts) and s[2] == "")
-            removed = sum(1 for c in self.emu.calls_to("reactions.remove") if c.args.get("channel") == channel)
-            return cleared + removed
-        await wait_until(lambda: ends() >= count)
+        """Wait until ``count`` answers ended in the thread (their sink's ``done()`` returned)."""
+        await wait_until(lambda: self.sinks.ended[(channel, thread_ts)] >= count)
         return [m for m in self.emu.bot_messages(channel) if m.thread_ts == thread_ts]
 
 
@@ -77,8 +97,10 @@ async def open_world(redis_url: str, *, socket_mode: bool = False,
             server = HttpServer("127.0.0.1", port, [], routes=adapter.routes())
             await server.start()
             await adapter.start()
+            sinks = EndedSinks(stack.runtime.gateway.sinks["slack"])
+            stack.runtime.gateway.register_platform("slack", sinks)
             try:
-                yield World(emu, stack, adapter, f"http://127.0.0.1:{port}/slack/events")
+                yield World(emu, stack, adapter, f"http://127.0.0.1:{port}/slack/events", sinks)
             finally:
                 await adapter.stop()
                 await server.stop()
@@ -107,8 +129,9 @@ async def test_mention_gets_one_streamed_answer_in_its_thread(world: World, caps
     calls = emu.methods()
     assert calls[0] == "auth.test"  # once, at start: no event waits for it
     assert calls[1:3] == ["assistant.threads.setStatus", "chat.startStream"]
-    assert calls[-2:] == ["chat.stopStream", "assistant.threads.setStatus"]
-    assert set(calls[3:-2]) == {"chat.appendStream"}
+    assert calls[-1] == "chat.stopStream"  # the status went with the answer's first message (Slack clears it)
+    assert set(calls[3:-1]) == {"chat.appendStream"}
+    assert emu.status_shown(C, mention["ts"]) == ""
     with capsys.disabled():
         print(f"\n[slack] calls for one mention: {calls}\n[slack] ack {delivery.elapsed_ms:.1f} ms")
 

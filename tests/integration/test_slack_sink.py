@@ -6,6 +6,7 @@ done) and asserts on what the emulator holds: the messages a person would see, a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -47,14 +48,40 @@ async def write(sink: SlackReplySink, *texts: str) -> str:
 
 async def test_streams_into_the_thread_with_status(emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     ref = await write(await open_sink(factory), "Hel", "Hello *wor", "Hello *world*")
+    # No setStatus("") at the end: Slack cleared the status when the answer was posted.
     assert emu.methods() == ["assistant.threads.setStatus", "chat.startStream", "chat.appendStream",
-                             "chat.stopStream", "assistant.threads.setStatus"]
+                             "chat.stopStream"]
     [answer] = emu.bot_messages("C1", THREAD)
     assert (answer.ts, answer.kind, answer.text, answer.streaming) == (ref, "stream", "Hello *world*", False)
     start = emu.calls_to("chat.startStream")[0].args
     assert (start["recipient_team_id"], start["recipient_user_id"]) == ("T0TEAM", "U0ALICE")
     assert [c.args["markdown_text"] for c in emu.calls_to("chat.appendStream", "chat.stopStream")] == ["lo *wor", "ld*"]
+    assert emu.statuses == [("C1", THREAD, "is thinking…")]
+    assert emu.status_shown("C1", THREAD) == ""
+
+
+async def test_status_shows_until_the_answer_is_posted(emu: SlackEmulator, factory: SlackSinkFactory) -> None:
+    emu.refuse_streaming_in = {"C"}
+    sink = await open_sink(factory)
+    await sink.working()
+    await asyncio.gather(*factory.indicators)
+    assert emu.status_shown("C1", THREAD) == "is thinking…"
+    await sink.post("posted")
+    assert emu.status_shown("C1", THREAD) == ""
+    await sink.done()
+    assert [s for *_, s in emu.statuses] == ["is thinking…"]
+
+
+async def test_status_is_cleared_by_done_when_nothing_was_posted(
+        emu: SlackEmulator, factory: SlackSinkFactory) -> None:
+    ref = await (await open_sink(factory)).post("before the crash")
+    resumed = await factory.open(message=message(), existing_refs={"0": ref})
+    await resumed.working()
+    await resumed.edit(ref, "before the crash, and after", final=True)  # edits only: no reply cleared it
+    await resumed.done()
+    assert emu.methods()[-1] == "assistant.threads.setStatus"
     assert emu.statuses == [("C1", THREAD, "is thinking…"), ("C1", THREAD, "")]
+    assert emu.status_shown("C1", THREAD) == ""
 
 
 async def test_refused_streaming_falls_back_to_post_and_update_and_is_remembered(
