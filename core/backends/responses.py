@@ -17,8 +17,8 @@ remembered in memory, by the ID of its latest response, until it completes or is
 ``resume`` re-attaches to a response whose stream was cut (``core.ports.Resumable``).
 
 A response's stream is requested through the SDK (``with_streaming_response``) and read with
-``core.backends.sse``: only the events used are decoded (the completed response once, into the
-SDK's ``Response``), and the body is read to its end so the next request reuses the connection.
+``core.backends.sse``: only the events used are decoded, as plain JSON (no SDK models), and the
+body is read to its end so the next request reuses the connection.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from core.backends.responses_history import ReplayHistory
 from core.backends.responses_request import (
     Item,
     function_outputs,
+    output_text,
     replay_items,
     request_options,
     tool_calls,
@@ -166,14 +167,15 @@ class ResponsesBackend:
             async for event in self._respond(answer, self._request(answer, [], previous=None)):
                 yield event
             return
-        response = await self._settled(run.run_id)
+        found = await self._settled(run.run_id)
+        response: dict[str, Any] = found.to_dict()  # the stream's JSON shape (a rare path: no need to skip the model)
         if answer is None:
             answer = _Answer(thread_id=run.thread_id, options={}, started=True, adopted=True)
-        if text := answer.shown + ("" if response.id in answer.finished else response.output_text):
+        if text := answer.shown + ("" if found.id in answer.finished else found.output_text):
             yield TextDelta(text=text)
-        if response.status != "completed":
+        if found.status != "completed":
             self._forget(answer)
-            raise _ended(str(response.status), response)
+            raise _ended(str(found.status), response)
         yield await self._finish(answer, response)
 
     async def _begin(self, turn: Turn) -> _Answer:
@@ -199,7 +201,7 @@ class ResponsesBackend:
 
     async def _respond(self, answer: _Answer, request: dict[str, Any]) -> AsyncIterator[RunEvent]:
         """Stream one response: its text as it comes, then what the engine must do next."""
-        response: Response | None = None
+        response: dict[str, Any] | None = None
         try:
             async with self.client.responses.with_streaming_response.create(stream=True, **request) as http:
                 stream = EventStream(http.iter_bytes(), _STREAM_EVENTS)
@@ -211,7 +213,7 @@ class ResponsesBackend:
                         if (started := self._created(answer, event.data["response"]["id"])) is not None:
                             yield started
                     elif event.name == "response.completed":
-                        response = _response(event)
+                        response = event.data["response"]
                         await stream.finish()
                         break
                     else:
@@ -233,26 +235,28 @@ class ResponsesBackend:
         answer.started = True
         return RunStarted(run=self._ref(answer.thread_id, response_id))
 
-    async def _finish(self, answer: _Answer, response: Response) -> RunEvent:
-        if response.id not in answer.finished:  # a resumed response may have finished before
-            answer.finished.add(response.id)
-            answer.items += replay_items(response.output)
-            answer.shown += response.output_text
-        thread_id = answer.thread_id or response.id
-        calls = tool_calls(response.output)
+    async def _finish(self, answer: _Answer, response: Mapping[str, Any]) -> RunEvent:
+        """What a completed response (its JSON) means: tool calls to answer, or the turn's end."""
+        response_id: str = response["id"]
+        output = response.get("output") or []
+        if response_id not in answer.finished:  # a resumed response may have finished before
+            answer.finished.add(response_id)
+            answer.items += replay_items(output)
+            answer.shown += output_text(output)
+        thread_id = answer.thread_id or response_id
+        calls = tool_calls(output)
         if calls:
             if answer.adopted:
-                raise TurnNotResumable(f"response {response.id} of another process waits for tool outputs")
+                raise TurnNotResumable(f"response {response_id} of another process waits for tool outputs")
             answer.pending = calls
-            return ToolCallsRequired(run=self._ref(thread_id, response.id), calls=calls)
+            return ToolCallsRequired(run=self._ref(thread_id, response_id), calls=calls)
         self._forget(answer)
         if self.history is not None:
             await self.history.append(answer.conversation or thread_id, thread_id, answer.items,
                                       lease_token=answer.lease_token)
         if self.state == "previous_response_id":
-            thread_id = response.id  # the next message chains from the last response of this one
-        usage = response.usage.model_dump() if response.usage else None
-        return RunCompleted(run=self._ref(thread_id, response.id), usage=usage)
+            thread_id = response_id  # the next message chains from the last response of this one
+        return RunCompleted(run=self._ref(thread_id, response_id), usage=response.get("usage"))
 
     async def _settled(self, response_id: str) -> Response:
         """The stored response once it stopped working (the engine bounds the wait by the run's deadline)."""
@@ -305,12 +309,6 @@ class ConversationsBackend(ResponsesBackend):
         return None
 
 
-def _response(event: Event) -> Response:
-    """The event's response as the SDK builds it when it reads one (``construct``: as lenient as
-    the SDK with servers whose objects differ a little from OpenAI's)."""
-    return Response.model_construct(**event.data["response"])
-
-
 def _ended_by(event: Event) -> BackendError | RunEnded:
     """The error of an event that ends the response other than completed (one of ``_ENDINGS``)."""
     if event.name == "error":
@@ -319,15 +317,15 @@ def _ended_by(event: Event) -> BackendError | RunEnded:
             error = data["error"]
             return BackendError(f"backend error: {error.get('message')}", code=error.get("code"))
         return RunEnded("failed", code=data.get("code"), detail=data.get("message"))
-    response = _response(event)
-    return _ended(str(response.status or event.name.removeprefix("response.")), response)
+    response = event.data.get("response") or {}
+    return _ended(str(response.get("status") or event.name.removeprefix("response.")), response)
 
 
-def _ended(status: str, response: Response) -> RunEnded:
-    if response.error is not None:
-        return RunEnded(status, code=response.error.code, detail=response.error.message)
-    if response.incomplete_details is not None:
-        return RunEnded(status, code=response.incomplete_details.reason)
+def _ended(status: str, response: Mapping[str, Any]) -> RunEnded:
+    if error := response.get("error"):
+        return RunEnded(status, code=error.get("code"), detail=error.get("message"))
+    if incomplete := response.get("incomplete_details"):
+        return RunEnded(status, code=incomplete.get("reason"))
     return RunEnded(status)
 
 

@@ -7,10 +7,8 @@ Responses shapes here, once, so profiles move between backend kinds unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputItem, ResponseOutputMessage
 
 from core.backends.catalog import function_tools
 from core.config import ProfileConfig, ToolConfig
@@ -94,22 +92,34 @@ def function_outputs(outputs: list[ToolOutput]) -> list[Item]:
     return [{"type": "function_call_output", "call_id": o.call_id, "output": o.output} for o in outputs]
 
 
-def replay_items(output: list[ResponseOutputItem]) -> list[Item]:
+# --- a response's output items (its JSON, as the stream carries it) ------------------------------
+
+def replay_items(output: Sequence[Mapping[str, Any]]) -> list[Item]:
     """A response's output items as input items for a later request: assistant messages (their
-    text) and function calls. Reasoning and built-in tool items are not replayed."""
+    text, refusals included) and function calls. Reasoning and built-in tool items are not replayed."""
     items: list[Item] = []
     for item in output:
-        if isinstance(item, ResponseOutputMessage):
-            text = "".join(part.text if part.type == "output_text" else part.refusal for part in item.content)
-            if text:
+        if item.get("type") == "message":
+            if text := _message_text(item, ("output_text", "refusal")):
                 items.append({"role": "assistant", "content": text})
-        elif isinstance(item, ResponseFunctionToolCall):
-            items.append({"type": "function_call", "call_id": item.call_id, "name": item.name,
-                          "arguments": item.arguments})
+        elif item.get("type") == "function_call":
+            items.append({"type": "function_call", "call_id": item["call_id"], "name": item["name"],
+                          "arguments": item["arguments"]})
     return items
 
 
-def tool_calls(output: list[ResponseOutputItem]) -> list[ToolCall]:
+def output_text(output: Sequence[Mapping[str, Any]]) -> str:
+    """The text of a response's messages (refusals left out), as the SDK's ``Response.output_text``."""
+    return "".join(_message_text(item, ("output_text",)) for item in output if item.get("type") == "message")
+
+
+def tool_calls(output: Sequence[Mapping[str, Any]]) -> list[ToolCall]:
     """The function calls among a response's output items, in order."""
-    return [ToolCall(call_id=item.call_id, name=item.name, arguments=item.arguments)
-            for item in output if isinstance(item, ResponseFunctionToolCall)]
+    return [ToolCall(call_id=item["call_id"], name=item["name"], arguments=item["arguments"])
+            for item in output if item.get("type") == "function_call"]
+
+
+def _message_text(message: Mapping[str, Any], kinds: tuple[str, ...]) -> str:
+    """The message's content parts of ``kinds``: ``output_text`` parts' ``text``, ``refusal`` parts' ``refusal``."""
+    return "".join(part.get("text" if part.get("type") == "output_text" else "refusal") or ""
+                   for part in message.get("content") or [] if part.get("type") in kinds)

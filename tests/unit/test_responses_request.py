@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from core.backends.responses_history import Budget, trim
-from core.backends.responses_request import builtin_tools, request_options, text_config, tool_choice
+from core.backends.responses_request import (
+    builtin_tools,
+    output_text,
+    replay_items,
+    request_options,
+    text_config,
+    tool_calls,
+    tool_choice,
+)
 from core.config import ProfileConfig, ToolConfig
+from core.models import ToolCall
 
 
 def user(text: str) -> dict[str, Any]:
@@ -71,3 +80,35 @@ def test_a_newest_turn_over_budget_keeps_only_its_messages_or_nothing() -> None:
     assert trim([older, big], Budget(max_messages=50, max_chars=100)) == [older, [user("b"), assistant("B")]]
     huge = [user("b"), assistant("B" * 500)]
     assert trim([older, huge], Budget(max_messages=50, max_chars=100)) == []
+
+
+# A response's output as the stream carries it (JSON), with the kinds that are not replayed.
+OUTPUT: list[dict[str, Any]] = [
+    {"type": "reasoning", "id": "rs_1", "summary": []},
+    {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [
+        {"type": "output_text", "text": "Hello ", "annotations": []},
+        {"type": "refusal", "refusal": "no."},
+        {"type": "output_text", "text": "there", "annotations": []}]},
+    {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": '{"a": 1}',
+     "status": "completed"},
+    {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+    {"type": "message", "id": "msg_2", "role": "assistant", "status": "completed", "content": []},
+]
+
+
+def test_output_items_become_replayed_input_items() -> None:
+    assert replay_items(OUTPUT) == [
+        {"role": "assistant", "content": "Hello no.there"},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": '{"a": 1}'},
+    ]
+
+
+def test_output_text_is_the_messages_text_without_refusals() -> None:
+    assert output_text(OUTPUT) == "Hello there"
+    assert output_text([]) == ""
+
+
+def test_tool_calls_are_the_function_calls_in_order() -> None:
+    second = {**OUTPUT[2], "call_id": "call_2", "name": "g"}
+    assert tool_calls([*OUTPUT, second]) == [ToolCall(call_id="call_1", name="f", arguments='{"a": 1}'),
+                                             ToolCall(call_id="call_2", name="g", arguments='{"a": 1}')]
