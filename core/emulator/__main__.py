@@ -20,9 +20,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> None:
     emulator = AssistantsEmulator(chunks=args.chunks, latency_s=args.latency_s, expiry_s=args.expiry_s)
-    async with emulator:
+    await emulator.start(args.host, args.port)
+    try:
         print(f"Assistants API emulator listening: OPENAI_BASE_URL={emulator.base_url}", flush=True)
         await asyncio.Event().wait()
+    finally:
+        await emulator.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
