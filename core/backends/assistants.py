@@ -98,17 +98,17 @@ class AssistantsBackend:
         # Plain dicts: the SDK's TypedDict params describe the same JSON.
         message: Any = {"role": "user", "content": turn.text, "metadata": tag}
         overrides = run_overrides(turn)
-        threads = self.client.beta.threads.with_streaming_response
+        threads = self.client.beta.threads
         opener: _Opener
         if turn.thread_id is None and not turn.profile.additional_instructions:
-            opener = threads.create_and_run(
+            opener = threads.with_streaming_response.create_and_run(
                 assistant_id=assistant_id, thread={"messages": [message]}, stream=True, metadata=tag, **overrides,
             )
         else:
             thread_id = turn.thread_id or await self.new_thread()
             if turn.profile.additional_instructions:
                 overrides["additional_instructions"] = turn.profile.additional_instructions
-            opener = self.client.beta.threads.runs.with_streaming_response.create(
+            opener = threads.runs.with_streaming_response.create(
                 thread_id, assistant_id=assistant_id, additional_messages=[message], stream=True, metadata=tag,
                 **overrides,
             )
@@ -215,13 +215,13 @@ class AssistantsBackend:
                 stream = EventStream(response.iter_bytes(), _STREAM_EVENTS)
                 async for event in stream:
                     mapped = self._map(event, assistant_id)
-                    if mapped and isinstance(mapped[-1], ToolCallsRequired | RunCompleted):
+                    last = bool(mapped) and isinstance(mapped[-1], ToolCallsRequired | RunCompleted)
+                    if last:
                         await stream.finish()
-                        for item in mapped:
-                            yield item
-                        return
                     for item in mapped:
                         yield item
+                    if last:
+                        return
         except STREAM_ERRORS as exc:
             raise translate(exc) from exc
         raise BackendUnavailable("the backend's stream ended before the run finished")
