@@ -71,7 +71,9 @@ from core.store import Pending, Store, retry_unavailable
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
+"""Interrupted attempts (kills, lost leases; not hand-backs) after which a message gets a clear error
+instead: a message that keeps killing processes must not take the whole fleet down in turn."""
 T = TypeVar("T")
 
 
@@ -88,6 +90,10 @@ class ToolRoundsExceeded(SwitchboardError):
 
 class NoSinkForPlatform(SwitchboardError):
     """This process has no adapter for the message's platform: leave the message for one that has."""
+
+
+class TooManyInterruptions(SwitchboardError):
+    user_message = "Answering this message was interrupted too many times; please ask again."
 
 
 class NotResumable(BackendError):
@@ -196,7 +202,7 @@ class Engine:
             await state.writer.start()
             if attempts > MAX_ATTEMPTS:
                 await self._give_up(state)
-                raise BackendError(f"gave up after {attempts - 1} interrupted attempts")
+                raise TooManyInterruptions(f"gave up after {attempts - 1} interrupted attempts")
             await self._run(state, pending)
             await state.writer.finish()
             return "answered"

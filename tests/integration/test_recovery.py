@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from core.demo_tool import DemoToolServer
 from core.emulator.assistants import AssistantsEmulator
+from core.engine import MAX_ATTEMPTS
 from core.errors import LeaseLost, StoreUnavailable
 from core.httpserver import HttpServer, redis_check
 from core.keys import WORK_GROUP
@@ -306,6 +307,36 @@ async def test_several_crashes_in_a_row_still_answer_once_in_order(
 
 
 # --- several processes ------------------------------------------------------------------------
+
+
+async def test_a_message_that_keeps_killing_processes_gets_a_clear_error_and_its_run_stopped(
+    cluster: Cluster,
+) -> None:
+    async with cluster.process() as proc:
+        await proc.runtime.worker.drain(0)  # intake only
+        await proc.task
+        message = await cluster.send(proc, "poison !slow=20", conversation="console:t:poison")
+        store, backend = proc.runtime.store, proc.runtime.backends.backends["default"]
+        # What MAX_ATTEMPTS interrupted attempts leave behind (two hand-backs do not count):
+        assert await store.acquire(message.conversation, "dead")
+        thread_id = await backend.new_thread()  # type: ignore[attr-defined]
+        await store.record_thread(message, "dead", "default", thread_id)
+        profile = proc.runtime.config.profiles["helper"]
+        events = backend.run(turn=Turn(profile_name="helper", profile=profile, thread_id=thread_id,
+                                       text=message.text, message_id=message.id))
+        started = await anext(events)
+        await events.aclose()  # type: ignore[attr-defined]
+        await store.record_run(message, "dead", started.run)  # type: ignore[union-attr]
+        await store.record(message, "dead", attempts=str(MAX_ATTEMPTS + 2), handbacks="2")
+        await store.redis.delete(store.keys.lease(message.conversation))
+    async with cluster.process() as second:
+        reply = await cluster.answered(message)
+        record = await record_of(second, message)
+    assert "Answering this message was interrupted too many times; please ask again." in reply.text
+    assert "SB-" in reply.text  # the reference, also in the log line
+    assert record["status"] == "failed" and record["run_cancelled"] == "gave up"
+    (run_id,) = cluster.runs_on(thread_id)
+    assert cluster.emulator.state.runs[run_id].status in ("cancelled", "cancelling")
 
 
 async def test_drain_hands_the_conversation_to_another_process_at_once(cluster: Cluster) -> None:
