@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from core.errors import BackendError, BackendRateLimited, BackendTimeout, BackendUnavailable, LeaseLost
 from core.ports import ReplySink
@@ -44,9 +44,21 @@ async def despite_cancel(step: Awaitable[T], *, on_cancel: Callable[[T], Awaitab
         done, _ = await asyncio.wait([task], timeout=SETTLE_S)
         if not done:
             task.cancel()
-        elif on_cancel is not None and not task.cancelled() and task.exception() is None:
+            task.add_done_callback(_log_unsettled)
+        elif not task.cancelled() and task.exception() is not None:
+            _log_unsettled(task)
+        elif on_cancel is not None and not task.cancelled():
             await asyncio.wait_for(on_cancel(task.result()), SETTLE_S)
         raise
+
+
+def _log_unsettled(task: asyncio.Future[Any]) -> None:
+    """A step ``despite_cancel`` let finish failed after all: say so (its caller is gone)."""
+    if task.cancelled() or task.exception() is None:
+        return
+    exc = task.exception()
+    log.warning("a step left to finish during cancellation failed: %s", exc, extra={
+        "event": "settle_failed", "error": type(exc).__name__})
 
 
 @dataclass(frozen=True)

@@ -359,18 +359,29 @@ class Store:
     async def reclaim_work(
         self, partition: int, consumer: str, *, min_idle_ms: int, count: int = 64
     ) -> list[tuple[str, str]]:
-        """Signals left pending by consumers that went quiet (died) for ``min_idle_ms``."""
-        try:
-            reply = await self.redis.xautoclaim(
-                self.keys.work(partition), WORK_GROUP, consumer, min_idle_time=min_idle_ms, count=count,
-            )
-        except ResponseError as exc:
-            if not _no_group(exc):
-                raise
-            await self._ensure_group(partition)
-            return []
-        entries: list[tuple[str, dict[str, str]]] = list(reply[1]) if reply else []
-        return [(eid, fields["conv"]) for eid, fields in entries if fields]
+        """Signals left pending by consumers that went quiet (died) for ``min_idle_ms``.
+
+        The whole pending list is scanned (XAUTOCLAIM looks at ``10 × count`` entries per call and
+        returns where to go on): idle signals behind many busy ones are found too.
+        """
+        found: list[tuple[str, str]] = []
+        cursor = "0-0"
+        while True:
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.keys.work(partition), WORK_GROUP, consumer, min_idle_time=min_idle_ms, start_id=cursor,
+                    count=count,
+                )
+            except ResponseError as exc:
+                if not _no_group(exc):
+                    raise
+                await self._ensure_group(partition)
+                return found
+            entries: list[tuple[str, dict[str, str]]] = list(reply[1]) if reply else []
+            found += [(eid, fields["conv"]) for eid, fields in entries if fields]
+            cursor = str(reply[0]) if reply else "0-0"
+            if cursor == "0-0":
+                return found
 
     @translate_errors
     async def resignal(self, conversation: str, entry_ids: list[str]) -> None:

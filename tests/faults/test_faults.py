@@ -171,8 +171,13 @@ async def _redis_state(redis: aioredis.Redis, conversation: Conversation) -> str
     lease = await redis.get(keys.lease(key)), await redis.pttl(keys.lease(key))
     records = [await redis.hgetall(keys.msg(key, str(message_id))) for message_id in inbox]
     pending = await redis.xpending(keys.work(0), WORK_GROUP)
+    signals = [eid for eid, fields in await redis.xrange(keys.work(0)) if fields.get("conv") == key]
+    owners = {p["message_id"]: (p["consumer"], p["time_since_delivered"])
+              for p in await redis.xpending_range(keys.work(0), WORK_GROUP, min="-", max="+", count=100_000)
+              if p["message_id"] in signals}
     return (f"{key}: lease={lease} inbox={inbox}\n"
-            + "\n".join(f"  {r}" for r in records) + f"\n  work pending: {pending}")
+            + "\n".join(f"  {r}" for r in records) + f"\n  work pending: {pending}"
+            + f"\n  its signals in the stream: {signals}; pending (consumer, idle ms): {owners}")
 
 
 def _table(plan: Plan, seed: int, conversations: list[Conversation], faults: Faults, verdict: Verdict,
