@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx2
 import redis.asyncio as aioredis
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpx2Client
 
 from core.backends.assistants import AssistantsBackend
 from core.backends.catalog import AssistantCatalog
@@ -35,6 +36,11 @@ def used_backends(config: Config) -> set[str]:
     return {p.backend for p in config.profiles.values()}
 
 
+CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=30.0)
+"""The SDK keeps 100 idle connections for 5 s: with more conversations answering at once (or a
+pause of a few seconds between messages) runs would connect again, a TLS handshake each."""
+
+
 def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncOpenAI:
     """One SDK client per backend connection; ``default`` falls back to OPENAI_API_KEY / OPENAI_BASE_URL."""
     key = backend.api_key or settings.openai_api_key
@@ -45,6 +51,7 @@ def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncO
     return AsyncOpenAI(
         api_key=key.get_secret_value(), base_url=backend.base_url or settings.openai_base_url,
         max_retries=backend.max_retries, timeout=backend.timeout_s,
+        http_client=DefaultAsyncHttpx2Client(limits=CONNECTION_LIMITS, timeout=backend.timeout_s),
     )
 
 
