@@ -115,6 +115,12 @@ class _RunState:
     run: RunRef | None = None
     first_text_at: float | None = None
     turn: Turn | None = None
+    findable: bool = False
+    """The backend can find this message's run again (``ServerThreads.find_run``)."""
+    unrecorded_run: RunRef | None = None
+    """A started run of a findable backend, recorded with the first chat message (one Redis round
+    trip less per message) or before tools run. Until then the record says ``starting``, so an
+    attempt that dies in between is followed by one that checks before it retries."""
 
 
 class Engine:
@@ -157,7 +163,11 @@ class Engine:
         async def on_posted(index: int, ref: str) -> None:
             refs[index] = ref
             REPLIES_POSTED.labels(platform=message.place.platform).inc()
-            record = self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
+            run, state.unrecorded_run = state.unrecorded_run, None
+            if run is None:
+                record = self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
+            else:  # the run's record rides with the first part's (see _RunState.unrecorded_run)
+                record = self._persist(held, lambda: self.store.record_run(message, token, run, refs=json.dumps(refs)))
             await despite_cancel(record)
 
         async def keep_interrupted(ref: str) -> None:
@@ -233,6 +243,7 @@ class Engine:
             profile_name = (await self.gateway.binding(message.place)).profile
         profile = self.gateway.config.profiles[profile_name]
         backend = self.backends[profile.backend]
+        state.findable = isinstance(backend, ServerThreads)
         turn = Turn(profile_name=profile_name, profile=profile, text=message.text, message_id=message.id,
                     thread_id=pending.threads.get(profile.backend), conversation=message.conversation,
                     lease_token=state.token)
@@ -364,9 +375,13 @@ class Engine:
                 await state.writer.append(event.text)
             elif isinstance(event, RunStarted):
                 state.run = event.run
-                await self.store.record_run(state.message, state.token, event.run)
+                if state.findable:
+                    state.unrecorded_run = event.run
+                else:
+                    await self.store.record_run(state.message, state.token, event.run)
             elif isinstance(event, ToolCallsRequired):
                 state.run = event.run
+                await self._record_unrecorded_run(state)  # tools have side effects: the run is on record first
                 return event
             elif isinstance(event, RunCompleted):
                 if state.run is not None and event.run.thread_id != state.run.thread_id:
@@ -375,6 +390,11 @@ class Engine:
                                                    event.run.thread_id)
                 return None
         return None
+
+    async def _record_unrecorded_run(self, state: _RunState) -> None:
+        run, state.unrecorded_run = state.unrecorded_run, None
+        if run is not None:
+            await self.store.record_run(state.message, state.token, run)
 
     async def _call_tools(self, state: _RunState, turn: Turn, paused: ToolCallsRequired) -> list[ToolOutput]:
         message, run = state.message, paused.run

@@ -10,8 +10,8 @@ holds the lease answers the inbox head to tail: ``claim`` takes the lease and be
 ``finish`` records the answer, pops it and begins the next; both give the lease up (and
 acknowledge the driver's signals) only when the inbox is empty, atomically, so a message that
 arrives meanwhile is never orphaned. A message costs the driver three round trips: its begin
-(in ``claim`` or the previous ``finish``), ``record_run`` and its ``finish`` (plus one per chat
-message posted, recording its ref).
+(in ``claim`` or the previous ``finish``), ``record_run`` (with the first chat message's ref where
+the backend can find a run again) and its ``finish``, plus one per further chat message posted.
 ``hand_back`` gives it up at once (shutdown) and signals the conversation again so another
 process takes it now.
 
@@ -121,10 +121,11 @@ redis.call('EXPIRE', KEYS[5], ARGV[4])
 return next_head(6)
 """
 
-# KEYS: lease, msg, conv; ARGV: token, run JSON, thread field, thread id, msg ttl, conv ttl
+# KEYS: lease, msg, conv; ARGV: token, run JSON, thread field, thread id, msg ttl, conv ttl[, refs JSON]
 _RECORD_RUN = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 'running')
+if ARGV[7] then redis.call('HSET', KEYS[2], 'refs', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
@@ -557,14 +558,14 @@ class Store:
                          {f"thread:{backend}": thread_id})
 
     @translate_errors
-    async def record_run(self, message: InboundMessage, token: str, run: RunRef) -> None:
-        """Before anything else happens on a run: which run answers this message, on which thread."""
+    async def record_run(self, message: InboundMessage, token: str, run: RunRef, *, refs: str | None = None) -> None:
+        """Which run answers this message, on which thread (and, with ``refs``, the chat messages
+        posted so far: the first one's record can carry the run's)."""
         conv, k = message.conversation, self.keys
-        result = await self._record_run(
-            keys=[k.lease(conv), k.msg(conv, message.id), k.conv(conv)],
-            args=[token, run.model_dump_json(), f"thread:{run.backend}", run.thread_id, MESSAGE_PENDING_TTL_S,
-                  self.limits.conversation_ttl_s],
-        )
+        args: list[Any] = [token, run.model_dump_json(), f"thread:{run.backend}", run.thread_id, MESSAGE_PENDING_TTL_S,
+                           self.limits.conversation_ttl_s]
+        result = await self._record_run(keys=[k.lease(conv), k.msg(conv, message.id), k.conv(conv)],
+                                        args=args + ([refs] if refs is not None else []))
         if int(result) < 0:
             raise LeaseLost(conv)
 

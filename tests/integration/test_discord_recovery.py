@@ -20,7 +20,7 @@ import pytest
 from bots.discord.origin import ReplyTarget
 from bots.discord.sink import DiscordSink, holds_one_conversation, part_nonce
 from core.emulator.script import long_answer
-from core.models import InboundMessage
+from core.models import InboundMessage, RunRef
 from core.store import Pending
 from tests.emulators.discord import DiscordEmulator
 from tests.integration import test_discord, test_discord_sink
@@ -61,19 +61,29 @@ class Crashes:
         """An attempt that dies right after Discord took part ``before_recording_part``, before its record."""
         store = self.env.stack.runtime.store
         pending = await self.head(conversation, "dead")
-        real = store.record
+        real, real_run = store.record, store.record_run
+
+        def dies_at(refs: str | None) -> bool:
+            return str(before_recording_part) in json.loads(refs or "{}")
 
         async def record(message: InboundMessage, token: str, **fields: str) -> None:
-            if str(before_recording_part) in json.loads(fields.get("refs", "{}")):
+            if dies_at(fields.get("refs")):
                 raise Killed
             await real(message, token, **fields)
 
+        async def record_run(message: InboundMessage, token: str, run: RunRef, *, refs: str | None = None) -> None:
+            if dies_at(refs):  # the first part's record can carry the run's
+                raise Killed
+            await real_run(message, token, run, refs=refs)
+
         self.monkeypatch.setattr(store, "record", record)
+        self.monkeypatch.setattr(store, "record_run", record_run)
         try:
             with pytest.raises(Killed):
                 await self.env.stack.runtime.engine.answer(pending, "dead")
         finally:
             self.monkeypatch.setattr(store, "record", real)
+            self.monkeypatch.setattr(store, "record_run", real_run)
         await self.sinks[-1].done()  # the process is gone, and its typing indicator with it
         await store.redis.delete(store.keys.lease(conversation))  # the lease expires
 

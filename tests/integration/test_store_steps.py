@@ -167,3 +167,14 @@ async def test_runtime_bindings_are_reused_briefly_and_dropped_on_a_local_change
     await elsewhere.change(platform="console", workspace="t", channel="c", profile="b", actor="x", via="cli")
     clock[0] += RUNTIME_FRESH_S + 0.01
     assert (await resolver.resolve(place)).profile == "b"  # seen within RUNTIME_FRESH_S
+
+
+async def test_record_run_can_carry_the_first_parts_ref(store: Store) -> None:
+    first = message(1)
+    await store.accept(first)
+    await store.claim(CONV, "tok", deadline_at=time.time() + 60, entries=[])
+    run = RunRef(backend="default", thread_id="thread_1", run_id="run_1")
+    await store.record_run(first, "tok", run, refs='{"0": "ts-1"}')
+    step = await store.claim(CONV, "tok", deadline_at=time.time() + 60, entries=[], acquire=False)
+    assert step.pending is not None
+    assert step.pending.run == run and step.pending.reply_refs == {0: "ts-1"} and step.pending.status == "running"
