@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import httpx2
 import redis.asyncio as aioredis
-from openai import AsyncOpenAI, DefaultAsyncHttpx2Client
+from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from core.backends.assistants import AssistantsBackend
 from core.backends.catalog import AssistantCatalog
@@ -37,8 +37,8 @@ def used_backends(config: Config) -> set[str]:
 
 
 CONNECTION_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=30.0)
-"""The SDK keeps 100 idle connections for 5 s: with more conversations answering at once (or a
-pause of a few seconds between messages) runs would connect again, a TLS handshake each."""
+"""Idle connections are kept (a TLS handshake less per run against the real API) however many
+conversations answer at once, for 30 s between a conversation's messages."""
 
 
 def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncOpenAI:
@@ -51,7 +51,9 @@ def make_client(name: str, backend: BackendConfig, settings: Settings) -> AsyncO
     return AsyncOpenAI(
         api_key=key.get_secret_value(), base_url=backend.base_url or settings.openai_base_url,
         max_retries=backend.max_retries, timeout=backend.timeout_s,
-        http_client=DefaultAsyncHttpx2Client(limits=CONNECTION_LIMITS, timeout=backend.timeout_s),
+        # aiohttp under httpx2's API (the SDK's own option): httpcore2's pool checks every idle
+        # connection for readability on each request, ~1 ms per message with 200 conversations.
+        http_client=DefaultAioHttpClient(limits=CONNECTION_LIMITS, timeout=backend.timeout_s),
     )
 
 
