@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 
-from core.emulator.assistants import AssistantsEmulator
 from tests.emulators.slack import SlackEmulator
 
 MAX_CONNECTIONS = 400
@@ -97,13 +96,13 @@ class Tracker:
             if sample.answered_at is None:
                 sample.abandoned = True
 
-    def attribute_backend_time(self, emulator: AssistantsEmulator) -> None:
+    def attribute_backend_time(self, runs: list[tuple[str, float]]) -> None:
         """Copy each run's ``backend_s`` to the sample whose message started it (its tag ends the prompt)."""
-        for run in emulator.state.runs.values():
-            tags = _PROMPT_TAG.findall(run.prompt)
+        for prompt, backend_s in runs:
+            tags = _PROMPT_TAG.findall(prompt)
             sample = self.samples.get(tags[-1]) if tags else None
             if sample is not None:
-                sample.backend_s = run.backend_s
+                sample.backend_s = backend_s
 
 
 class BenchSlack(SlackEmulator):

@@ -51,6 +51,7 @@ class Reading:
     gateway_rss: int
     harness_cpu_s: float
     proxy_cpu_s: float
+    emulator_cpu_s: float
     machine_busy_s: float
     redis_cpu_s: float
     redis_calls: dict[str, int]
@@ -59,8 +60,10 @@ class Reading:
 
 
 class Meter:
-    def __init__(self, *, gateway_pid: int, redis: aioredis.Redis, proxy: ProxyControl | None) -> None:
+    def __init__(self, *, gateway_pid: int, redis: aioredis.Redis, proxy: ProxyControl | None,
+                 emulator_pid: int) -> None:
         self.gateway_pid = gateway_pid
+        self.emulator_pid = emulator_pid
         self.redis = redis
         self.proxy = proxy
 
@@ -75,6 +78,7 @@ class Meter:
             at=time.perf_counter(), gateway_cpu_s=cpu_seconds(self.gateway_pid),
             gateway_rss=rss_bytes(self.gateway_pid), harness_cpu_s=own_cpu_seconds(),
             proxy_cpu_s=cpu_seconds(self.proxy.child.pid) if self.proxy is not None else 0.0,
+            emulator_cpu_s=cpu_seconds(self.emulator_pid),
             machine_busy_s=machine_busy_seconds(),
             redis_cpu_s=float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
             redis_calls=calls, redis_memory=int(memory["used_memory"]), proxy=proxy,
@@ -90,6 +94,7 @@ def per_message(before: Reading, after: Reading, messages: int) -> dict[str, Any
         "gateway_cpu_ms_per_msg": round((after.gateway_cpu_s - before.gateway_cpu_s) * 1000 / n, 3),
         "gateway_cpu_utilization": round((after.gateway_cpu_s - before.gateway_cpu_s) / wall, 3),
         "harness_cpu_utilization": round((after.harness_cpu_s - before.harness_cpu_s) / wall, 3),
+        "emulator_cpu_utilization": round((after.emulator_cpu_s - before.emulator_cpu_s) / wall, 3),
         "other_processes_cores": round(_others(before, after) / wall, 2),
         "redis_cpu_ms_per_msg": round((after.redis_cpu_s - before.redis_cpu_s) * 1000 / n, 3),
         "redis_commands_executed_per_msg": round(sum(executed.values()) / n, 2),
@@ -104,7 +109,7 @@ def per_message(before: Reading, after: Reading, messages: int) -> dict[str, Any
 def _others(before: Reading, after: Reading) -> float:
     """CPU seconds the rest of the machine used (other helpers' tests, say): they compete with the gateway."""
     ours = sum(float(getattr(after, f)) - float(getattr(before, f))
-               for f in ("gateway_cpu_s", "harness_cpu_s", "proxy_cpu_s", "redis_cpu_s"))
+               for f in ("gateway_cpu_s", "harness_cpu_s", "proxy_cpu_s", "emulator_cpu_s", "redis_cpu_s"))
     return max(0.0, after.machine_busy_s - before.machine_busy_s - ours)
 
 

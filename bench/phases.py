@@ -63,7 +63,7 @@ async def measured(system: System, load: Load, *, answer_timeout_s: float) -> tu
     system.tracker.abandon(samples)
     await asyncio.sleep(SETTLE_S)
     after = await system.meter.read()
-    system.tracker.attribute_backend_time(system.assistants)
+    system.tracker.attribute_backend_time(await system.assistants.runs())
     return samples, summarize(samples, before, after, unanswered=unanswered, started=started)
 
 

@@ -127,11 +127,12 @@ def render(document: dict[str, Any], path: Path | None) -> str:
     ]
     notes = ["", *(f"- {line}" for line in METHODS)]
     notes += _load_notes(document["results"])
-    harness = [r.get("harness_cpu_utilization") for r in document["results"].values() if isinstance(r, dict)]
-    busy = max((h for h in harness if h is not None), default=None)
-    if busy is not None:
-        notes.append(f"- the harness (emulators + sender) used up to {busy:.0%} of a core; "
-                     "near 100% it would be the bottleneck.")
+    for key, who in (("harness_cpu_utilization", "the harness (Slack emulator + sender)"),
+                     ("emulator_cpu_utilization", "the Assistants emulator (its own process)")):
+        used = [r.get(key) for r in document["results"].values() if isinstance(r, dict)]
+        busy = max((u for u in used if u is not None), default=None)
+        if busy is not None:
+            notes.append(f"- {who} used up to {busy:.0%} of a core; near 100% it would be the bottleneck.")
     if path is not None:
         notes.append(f"- every number: {path}")
     return "\n".join([*head, table(document["results"]), *notes])

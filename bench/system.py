@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import redis.asyncio as aioredis
 
 import core.store
 from bench.load import BenchSlack, Sender, Tracker
 from bench.meter import Meter
-from bench.procs import Child, Children, ProxyControl, free_port, start_redis, wait_until_ready
-from core.emulator.assistants import AssistantsEmulator
+from bench.procs import Child, Children, ProxyControl, free_port, start_redis, wait_for_port, wait_until_ready
 
 BENCH_CONFIG = """\
 # Written by bench/: one profile that the Assistants emulator answers.
@@ -54,7 +54,7 @@ class System:
     redis_version: str
     proxy: ProxyControl | None
     slack: BenchSlack
-    assistants: AssistantsEmulator
+    assistants: RemoteAssistants
     tracker: Tracker
     sender: Sender
     meter: Meter
@@ -66,7 +66,32 @@ def script_labels() -> dict[str, str]:
             for name, value in vars(core.store).items() if isinstance(value, str) and "redis.call" in value}
 
 
-def gateway_env(*, slack: BenchSlack, assistants: AssistantsEmulator, redis_url: str, config: Path,
+@dataclass
+class RemoteAssistants:
+    """The Assistants emulator in a process of its own (``python -m core.emulator``): in the harness's
+    process it competed with the Slack emulator and the sender for one core and became the bottleneck."""
+
+    child: Child
+    base_url: str
+
+    @classmethod
+    async def start(cls, children: Children, options: SystemOptions, workdir: Path) -> RemoteAssistants:
+        port = free_port()
+        argv = [sys.executable, "-m", "core.emulator", "--port", str(port), "--chunks", str(options.chunks),
+                "--latency-s", str(options.latency_s)]
+        child = await children.start("assistants-emulator", argv, log=workdir / "assistants.log")
+        await wait_for_port(child, port)
+        return cls(child, f"http://127.0.0.1:{port}/v1")
+
+    async def runs(self) -> list[tuple[str, float]]:
+        """Every run's prompt and scripted backend seconds (the emulator's ``/_emulator/runs``)."""
+        async with aiohttp.ClientSession() as session, session.get(self.base_url.removesuffix("/v1")
+                                                                   + "/_emulator/runs") as response:
+            response.raise_for_status()
+            return [(run["prompt"], float(run["backend_s"])) for run in await response.json()]
+
+
+def gateway_env(*, slack: BenchSlack, assistants: RemoteAssistants, redis_url: str, config: Path,
                 port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env.update(
@@ -94,22 +119,23 @@ async def running_system(options: SystemOptions, workdir: Path) -> AsyncIterator
         redis = aioredis.Redis.from_url(f"redis://127.0.0.1:{redis_port}/0", decode_responses=True)
         slack = BenchSlack(tracker)
         try:
-            async with AssistantsEmulator(chunks=options.chunks, latency_s=options.latency_s) as assistants:
-                await slack.start()
-                config = workdir / "bench.yaml"
-                config.write_text(BENCH_CONFIG.format(max_runs=options.max_concurrent_runs))
-                port = free_port()
-                env = gateway_env(slack=slack, assistants=assistants, redis_url=redis_url, config=config, port=port)
-                gateway = await children.start("gateway", [sys.executable, "-m", "switchboard", "run"],
-                                               log=workdir / "gateway.log", env=env)
-                try:
-                    await wait_until_ready(gateway, f"http://127.0.0.1:{port}/readyz")
-                    version = str((await redis.info("server"))["redis_version"])
-                    async with Sender(slack, f"http://127.0.0.1:{port}/slack/events", tracker) as sender:
-                        yield System(options, children, gateway, redis, version, proxy, slack, assistants, tracker,
-                                     sender, Meter(gateway_pid=gateway.pid, redis=redis, proxy=proxy))
-                finally:
-                    await gateway.stop(timeout_s=30)
+            assistants = await RemoteAssistants.start(children, options, workdir)
+            await slack.start()
+            config = workdir / "bench.yaml"
+            config.write_text(BENCH_CONFIG.format(max_runs=options.max_concurrent_runs))
+            port = free_port()
+            env = gateway_env(slack=slack, assistants=assistants, redis_url=redis_url, config=config, port=port)
+            gateway = await children.start("gateway", [sys.executable, "-m", "switchboard", "run"],
+                                           log=workdir / "gateway.log", env=env)
+            try:
+                await wait_until_ready(gateway, f"http://127.0.0.1:{port}/readyz")
+                version = str((await redis.info("server"))["redis_version"])
+                async with Sender(slack, f"http://127.0.0.1:{port}/slack/events", tracker) as sender:
+                    yield System(options, children, gateway, redis, version, proxy, slack, assistants, tracker,
+                                 sender, Meter(gateway_pid=gateway.pid, redis=redis, proxy=proxy,
+                                                   emulator_pid=assistants.child.pid))
+            finally:
+                await gateway.stop(timeout_s=30)
         finally:
             await slack.stop()
             await redis.aclose()

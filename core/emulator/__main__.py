@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import uvloop
+
 from core.emulator.assistants import AssistantsEmulator
 
 
@@ -31,7 +33,8 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the process exit code."""
     try:
-        asyncio.run(_serve(_parse_args(argv)))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `switchboard run` does
+            runner.run(_serve(_parse_args(argv)))
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how this server is meant to stop
     return 0

@@ -104,12 +104,18 @@ class _Api:
         self.peers: set[object] = set()
         """The client (host, port) of every connection a request came on: a reused connection adds none."""
 
+    async def _emulator_runs(self, request: web.Request) -> web.Response:
+        """Not OpenAI's: each run's prompt and scripted backend time, for a harness in another process."""
+        return web.json_response([{"id": run.id, "prompt": run.prompt, "backend_s": run.backend_s}
+                                  for run in self.state.runs.values()])
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.cleanup_ctx.append(self._background)
         app.on_shutdown.append(self._stop_runs)
         get, post, delete = web.get, web.post, web.delete
         app.add_routes([
+            get("/_emulator/runs", self._emulator_runs),
             post("/v1/assistants", self.create_assistant), get("/v1/assistants", self.list_assistants),
             get("/v1/assistants/{aid}", self.get_assistant), post("/v1/assistants/{aid}", self.update_assistant),
             delete("/v1/assistants/{aid}", self.delete_assistant),
