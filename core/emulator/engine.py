@@ -130,7 +130,7 @@ class RunEngine:
         required = [{"id": c["id"], "type": "function",
                      "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
                     for c in tool_calls]
-        run.deadline = time.monotonic() + self.state.expiry_s
+        self.state.wait_for_outputs(run, time.monotonic() + self.state.expiry_s)
         run.obj.update(
             status="requires_action", expires_at=wire.now() + int(self.state.expiry_s),
             required_action={"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": required}},
@@ -196,7 +196,7 @@ class RunEngine:
 
     def _finish(self, run: RunRec, emit: Emit, status: str, **fields: Any) -> None:
         completion = sum(script.count_tokens(wire.message_text(m)) for m in run.messages)
-        run.deadline = None
+        self.state.stop_waiting(run)
         run.obj.update(status=status, usage=wire.usage(script.count_tokens(run.prompt), completion), **fields)
         _send(emit, f"thread.run.{status}", run.obj)
 

@@ -87,6 +87,8 @@ class EmulatorState:
         self.assistants: dict[str, Obj] = {}
         self.threads: dict[str, ThreadRec] = {}
         self.runs: dict[str, RunRec] = {}
+        self.awaiting: dict[str, RunRec] = {}
+        """Runs waiting for tool outputs (a ``deadline`` set): ``expire_due`` looks at these only."""
         self.requests: list[RecordedRequest] = []
         self.active_run_conflicts = 0
 
@@ -210,16 +212,24 @@ class EmulatorState:
         for output in outputs:
             calls[output["tool_call_id"]]["function"]["output"] = str(output.get("output") or "")
         run.outputs = [str(o.get("output") or "") for o in outputs]
-        run.deadline = None
+        self.stop_waiting(run)
         run.obj.update(status="queued", required_action=None)
+
+    def wait_for_outputs(self, run: RunRec, deadline: float) -> None:
+        run.deadline = deadline
+        self.awaiting[run.id] = run
+
+    def stop_waiting(self, run: RunRec) -> None:
+        run.deadline = None
+        self.awaiting.pop(run.id, None)
 
     def expire_due(self, now: float | None = None) -> list[RunRec]:
         """Mark runs whose tool outputs are overdue ``expired``; returns them."""
         moment = time.monotonic() if now is None else now
-        due = [r for r in self.runs.values()
+        due = [r for r in self.awaiting.values()
                if r.status == "requires_action" and r.deadline is not None and r.deadline <= moment]
         for run in due:
-            run.deadline = None
+            self.stop_waiting(run)
             run.obj.update(status="expired", required_action=None)
             step = run.tool_step()
             if step is not None:
