@@ -48,7 +48,7 @@ class Plan:
         return self.conversations * self.per_conversation
 
 
-SOAK = Plan(conversations=150, per_conversation=20, max_faults=250)
+SOAK = Plan(conversations=150, per_conversation=40, fault_every_s=1.5, max_faults=250)
 
 
 @dataclass

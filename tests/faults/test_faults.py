@@ -8,7 +8,7 @@ order within its conversation, and never a backend 400 for a message on an activ
 table the issue's closing note quotes is printed and written to ``tests/faults/results/``.
 
     pytest tests/faults             # CI size: 400 messages
-    pytest tests/faults --soak      # 3000 messages
+    pytest tests/faults --soak      # 6000 messages
 """
 
 from __future__ import annotations
