@@ -39,8 +39,6 @@ class Settings(BaseSettings):
 
     host: str = Field(default="0.0.0.0", validation_alias="SWITCHBOARD_HOST")
     port: int = Field(default=8080, validation_alias="SWITCHBOARD_PORT")
-    event_loop: Literal["uvloop", "asyncio"] = Field(default="uvloop", validation_alias="SWITCHBOARD_EVENT_LOOP")
-    """uvloop's event loop costs less CPU per message (see docs/bench.md); ``asyncio`` is the standard one."""
     log_format: Literal["json", "console"] = Field(
         default_factory=_default_log_format,
         validation_alias=AliasChoices("SWITCHBOARD_LOG_FORMAT"),

@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import uvloop
 from pydantic import ValidationError
 
 from core import logs
@@ -74,11 +73,9 @@ def _load(settings: Settings) -> Config:
     return load_config(settings.config_path)
 
 
-def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]], *, loop: str = "asyncio") -> int:
-    factory = uvloop.new_event_loop if loop == "uvloop" else None
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro_factory()) or 0
+        return asyncio.run(coro_factory()) or 0
     except KeyboardInterrupt:
         return 130
 
@@ -116,7 +113,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run(lambda: admin.check(settings))
     config = _load(settings)
     if command == "run":
-        return _run(lambda: app.run_gateway(settings, config), loop=settings.event_loop)
+        return _run(lambda: app.run_gateway(settings, config))
     if command == "console":
         url = app.require_redis_url(settings)
         return _run(lambda: app.run_console(settings, config, profile=args.profile, redis_url=url))
