@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import uvloop
-
 from core.emulator.assistants import AssistantsEmulator
 
 
@@ -33,8 +31,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the process exit code."""
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `switchboard run` does
-            runner.run(_serve(_parse_args(argv)))
+        asyncio.run(_serve(_parse_args(argv)))
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how this server is meant to stop
     return 0
