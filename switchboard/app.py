@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -91,6 +92,10 @@ async def run_gateway(settings: Settings, config: Config) -> None:
                 group.create_task(reloader.run(), name="config-reload")
                 for adapter in adapters:
                     await adapter.start()
+                # Everything loaded so far (modules, SDK models, config) lives as long as the process:
+                # keep it out of the cyclic GC's full collections, which otherwise walk it all
+                # every so often and stall the loop (the p99 of answer latency under load).
+                gc.freeze()
                 log.info("gateway running", extra={"event": "started", "platforms": [a.name for a in adapters]})
                 await stop.wait()
                 reloader.stop()
