@@ -128,6 +128,7 @@ class BenchSlack(SlackEmulator):
         self.messages.clear()
         self.statuses.clear()
         self.reactions.clear()
+        self.said.clear()
 
 
 @dataclass
