@@ -209,6 +209,21 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
+async def working(runtime: Runtime) -> AsyncIterator[asyncio.Task[None]]:
+    """``runtime``'s worker running as a task; drained and awaited on the way out (a test that
+    crashed it on purpose has already ended the task)."""
+    runtime.worker.read_block_ms = 200  # quicker teardown: reads are never cancelled
+    task = asyncio.create_task(runtime.worker.run())
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await runtime.worker.drain(0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
 async def open_stack(redis_url: str, *, chunks: int = 4, extra_config: dict[str, Any] | None = None,
                      expiry_s: float = 600.0, backend: str = "assistants") -> AsyncIterator[Stack]:
     tools = ToolEndpoints()
@@ -226,12 +241,7 @@ async def open_stack(redis_url: str, *, chunks: int = 4, extra_config: dict[str,
             async with open_runtime(settings, config, redis_url=redis_url) as runtime:
                 sinks = RecordingSinks()
                 runtime.gateway.register_platform("console", sinks)
-                runtime.worker.read_block_ms = 200  # quicker teardown: reads are never cancelled
-                worker = asyncio.create_task(runtime.worker.run())
-                try:
+                async with working(runtime):
                     yield Stack(runtime, emulator, weather, tools, sinks, settings, backend)
-                finally:
-                    await runtime.worker.drain(0)
-                    await worker
     finally:
         await tools.stop()

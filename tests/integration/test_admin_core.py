@@ -18,7 +18,7 @@ from core.models import InboundMessage, Place
 from core.runtime import Runtime, open_runtime
 from tests.conftest import RedisServer
 from tests.integration.admin_support import OPS, instructions_used
-from tests.integration.harness import RecordingSinks, Stack, open_stack
+from tests.integration.harness import RecordingSinks, Stack, open_stack, working
 
 CONV = "console:t:c1"
 
@@ -140,15 +140,10 @@ async def two_gateways(redis_url: str, limits: dict[str, Any]) -> AsyncIterator[
         assert first.runtime.store.redis is not second.store.redis
         sinks = RecordingSinks()
         second.gateway.register_platform("console", sinks)
-        second.worker.read_block_ms = 200
-        worker = asyncio.create_task(second.worker.run())
-        try:
+        async with working(second):
             gateways = Gateways(first, second, sinks)
             yield gateways
             await gateways.answered()
-        finally:
-            await second.worker.drain(0)
-            await worker
 
 
 async def test_rate_limit_holds_across_two_gateways(redis_server: RedisServer, redis_client: Redis) -> None:

@@ -30,7 +30,7 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from core.worker import _Driver
 from tests.conftest import RedisServer, free_port
-from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, stack_config
+from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, stack_config, working
 
 LEASE_TTL_S = 2.0
 FAST_RETRY = RetryPolicy(deadline_s=5.0, first_delay_s=0.05, max_delay_s=0.2)
@@ -120,15 +120,8 @@ class Cluster:
         async with open_runtime(settings, config, redis_url=self.redis_url) as runtime:
             runtime.gateway.register_platform("console", self.sinks)
             runtime.engine.retry = FAST_RETRY
-            runtime.worker.read_block_ms = 200
-            task = asyncio.create_task(runtime.worker.run())
-            try:
+            async with working(runtime) as task:
                 yield Proc(runtime, task)
-            finally:
-                if not task.done():
-                    await runtime.worker.drain(0)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     async def send(self, proc: Proc, text: str, conversation: str = "console:t:c1") -> InboundMessage:
         message = InboundMessage(event_id=f"E-{time.monotonic_ns()}", conversation=conversation, text=text,

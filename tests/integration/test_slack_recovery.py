@@ -33,7 +33,7 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from tests.conftest import RedisServer
 from tests.emulators.slack import SlackEmulator
-from tests.integration.harness import ToolEndpoints, stack_config
+from tests.integration.harness import ToolEndpoints, stack_config, working
 
 C = "C1"
 
@@ -240,15 +240,8 @@ async def process(redis_url: str, backend: tuple[AssistantsEmulator, str, str], 
     config = stack_config(weather_url=weather_url, tools_base=tools_base, extra={"gateway": {"lease_ttl_s": 2}})
     async with open_runtime(settings, config, redis_url=redis_url) as runtime:
         runtime.gateway.register_platform("slack", sinks)
-        runtime.worker.read_block_ms = 200
-        task = asyncio.create_task(runtime.worker.run())
-        try:
+        async with working(runtime) as task:
             yield Proc(runtime, task)
-        finally:
-            if not task.done():
-                await runtime.worker.drain(0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def test_engine_adopts_the_stream_of_a_process_killed_before_recording_it(
