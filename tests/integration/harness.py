@@ -100,6 +100,14 @@ class RecordingSinks:
         return self.replies.setdefault(message_id, Reply())
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free loopback port: its runner (clean it up) and ``http://127.0.0.1:<port>``."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class ToolEndpoints:
     """Tool endpoints that misbehave on purpose: 500, hang, plain text, oversized, and an echo."""
 
@@ -111,12 +119,7 @@ class ToolEndpoints:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{kind}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await serve(app)
 
     async def stop(self) -> None:
         if self._runner is not None:

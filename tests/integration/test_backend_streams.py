@@ -20,6 +20,7 @@ from core.emulator.assistants import AssistantsEmulator
 from core.errors import BackendError, BackendRateLimited, BackendTimeout, BackendUnavailable, RunEnded
 from core.models import RunCompleted, RunEvent, RunStarted, TextDelta, ToolCallsRequired
 from core.ports import Backend, Turn
+from tests.integration.harness import serve
 
 KINDS = ("assistants", "responses")
 TOOLS = {"get_weather": ToolConfig(url="http://127.0.0.1:9/weather")}
@@ -156,12 +157,8 @@ class Canned:
     async def __aenter__(self) -> AsyncOpenAI:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.client = AsyncOpenAI(base_url=f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1", api_key="k",
-                                  max_retries=0)
+        self._runner, base_url = await serve(app)
+        self.client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="k", max_retries=0)
         return self.client
 
     async def __aexit__(self, *exc: object) -> None:

@@ -30,7 +30,7 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from core.worker import _Driver
 from tests.conftest import RedisServer, free_port
-from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, stack_config, working
+from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, serve, stack_config, working
 
 LEASE_TTL_S = 2.0
 FAST_RETRY = RetryPolicy(deadline_s=5.0, first_delay_s=0.05, max_delay_s=0.2)
@@ -56,11 +56,8 @@ class BlockingTool:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/block", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/block"
+        self._runner, base_url = await serve(app)
+        self.url = f"{base_url}/block"
 
     async def stop(self) -> None:
         self.release.set()
