@@ -143,17 +143,14 @@ class Engine:
         ``StoreUnavailable`` (stop: the next holder of the lease goes on from the record) and
         ``NoSinkForPlatform``; every other failure becomes an error answer.
         """
+        # ``pending`` was begun by the worker's claim/finish: this attempt is counted in its record,
+        # its deadline set, and its status ``starting`` unless its run is known (record before you start).
         message = pending.message
-        attempts = int(pending.record.get("attempts", "0")) + (0 if pending.begun else 1)
+        attempts = int(pending.record.get("attempts", "1"))
         interrupted = attempts - int(pending.record.get("handbacks", "0"))  # hand-backs are not failures
         deadline_at = float(pending.record.get("deadline_at") or self.deadline_at())
         log.info("answering", extra={"event": "answer_started", "message_id": message.id, "attempt": attempts,
                                      "conversation": message.conversation, "recorded_status": pending.status})
-        if not pending.begun:  # the worker's claim/finish records this in the same round trip
-            fields = {"attempts": str(attempts), "deadline_at": f"{deadline_at:.3f}"}
-            if pending.run is None:
-                fields["status"] = "starting"  # from here on a run may exist: recovery checks before starting one
-            await self._persist(held, lambda: self.store.record(message, token, **fields))
         factory = self.gateway.sinks.get(message.place.platform)
         if factory is None:
             raise NoSinkForPlatform(f"no adapter for {message.place.platform} in this process")

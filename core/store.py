@@ -64,16 +64,6 @@ redis.call('XADD', KEYS[5], '*', 'conv', ARGV[6], 'msg', ARGV[1])
 return {1, ARGV[1]}
 """
 
-# KEYS: lease, inbox, conv; ARGV: token, msg key prefix ("{t}:msg:")
-_PEEK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
-local head = redis.call('LINDEX', KEYS[2], 0)
-if not head then return {0} end
-local msg = redis.call('HGETALL', ARGV[2] .. head)
-local conv = redis.call('HGETALL', KEYS[3])
-return {1, head, msg, conv}
-"""
-
 # The head of an inbox, begun: counted as an attempt, given a deadline, marked ``starting`` unless
 # its run is known; or, with the inbox empty, the lease released and the driver's signals acked.
 # KEYS: lease, inbox, conv, work stream; ARGV (from ``a``): msg key prefix, msg ttl, deadline_at,
@@ -149,14 +139,6 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return redis.call('LLEN', KEYS[2])
 """
 
-# KEYS: lease, inbox; ARGV: token
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
 # KEYS: lease, inbox, work stream; ARGV: token, conversation, msg key prefix
 _HAND_BACK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -209,15 +191,14 @@ class Accepted:
 
 @dataclass
 class Pending:
-    """The head of a conversation's inbox, with what was recorded about it so far."""
+    """The head of a conversation's inbox, begun by ``claim``/``finish`` (this attempt counted),
+    with what was recorded about it so far."""
 
     message: InboundMessage
     status: str
     """The status recorded before this attempt (``queued`` for a message nobody has tried yet)."""
     record: dict[str, str]
     threads: dict[str, str] = field(default_factory=dict)
-    begun: bool = False
-    """This attempt is already counted in ``record`` (``claim``/``finish``): attempts, deadline, ``starting``."""
 
     @property
     def reply_refs(self) -> dict[int, str]:
@@ -261,13 +242,11 @@ class Store:
         self.keys = keys
         self.limits = limits
         self._accept = redis.register_script(_ACCEPT)
-        self._peek = redis.register_script(_PEEK)
         self._fenced_hset = redis.register_script(_FENCED_HSET)
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._record_run = redis.register_script(_RECORD_RUN)
         self._complete = redis.register_script(_COMPLETE)
-        self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
         self._hand_back = redis.register_script(_HAND_BACK)
         self._reset = redis.register_script(_RESET)
@@ -408,11 +387,6 @@ class Store:
     # --- leases -------------------------------------------------------------------------------
 
     @translate_errors
-    async def acquire(self, conversation: str, token: str) -> bool:
-        ttl_ms = int(self.limits.lease_ttl_s * 1000)
-        return bool(await self.redis.set(self.keys.lease(conversation), token, nx=True, px=ttl_ms))
-
-    @translate_errors
     async def renew_many(
         self, leases: dict[str, str], *, consumer: str | None = None, entries: dict[str, list[str]] | None = None,
     ) -> dict[str, bool]:
@@ -459,39 +433,7 @@ class Store:
         ))
         return result >= 0
 
-    @translate_errors
-    async def release(self, conversation: str, token: str) -> bool:
-        """Give the lease up if the inbox is empty. False: work arrived meanwhile, keep going."""
-        k = self.keys
-        result = int(await self._release(keys=[k.lease(conversation), k.inbox(conversation)], args=[token]))
-        if result < 0:
-            raise LeaseLost(conversation)
-        return result == 1
-
     # --- answering (all fenced by the lease) -------------------------------------------------
-
-    @translate_errors
-    async def peek(self, conversation: str, token: str) -> Pending | None:
-        """The oldest unanswered message of the conversation, or None if the inbox is empty."""
-        k = self.keys
-        msg_prefix = k.msg(conversation, "")
-        reply = await self._peek(
-            keys=[k.lease(conversation), k.inbox(conversation), k.conv(conversation)],
-            args=[token, msg_prefix],
-        )
-        if int(reply[0]) < 0:
-            raise LeaseLost(conversation)
-        if int(reply[0]) == 0:
-            return None
-        record = _pairs(reply[2])
-        conv = _pairs(reply[3])
-        threads = {f.removeprefix("thread:"): v for f, v in conv.items() if f.startswith("thread:")}
-        if "payload" not in record:
-            # The record expired while queued: drop the head so the inbox cannot stall on it.
-            await self.complete(conversation, token, str(reply[1]), status="lost")
-            return await self.peek(conversation, token)
-        message = InboundMessage.model_validate_json(record["payload"])
-        return Pending(message=message, status=record.get("status", "queued"), record=record, threads=threads)
 
     @translate_errors
     async def claim(self, conversation: str, token: str, *, deadline_at: float, entries: list[str],
@@ -543,7 +485,7 @@ class Store:
         record, conv = _pairs(reply[3]), _pairs(reply[4])
         threads = {f.removeprefix("thread:"): v for f, v in conv.items() if f.startswith("thread:")}
         message = InboundMessage.model_validate_json(record["payload"])
-        pending = Pending(message=message, status=str(reply[2]), record=record, threads=threads, begun=True)
+        pending = Pending(message=message, status=str(reply[2]), record=record, threads=threads)
         return Step(pending=pending, waiting=int(reply[5]))
 
     async def record(self, message: InboundMessage, token: str, **fields: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from core.emulator.assistants import AssistantsEmulator
 from core.models import InboundMessage, Place
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
+from core.store import Pending, Store
 
 TOOL_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXN3aXRjaGJvYXJkLXRlc3Rz"
 BACKENDS = ("assistants", "responses:conversations", "responses:previous_response_id", "responses:replay")
@@ -98,6 +100,14 @@ class RecordingSinks:
 
     def reply(self, message_id: str) -> Reply:
         return self.replies.setdefault(message_id, Reply())
+
+
+async def begin(store: Store, conversation: str, token: str) -> Pending:
+    """What a worker's ``claim`` does, for tests that play a process by hand: the lease taken with
+    ``token`` and the inbox head begun (its attempt counted, its record ``starting``)."""
+    step = await store.claim(conversation, token, deadline_at=time.time() + 600, entries=[])
+    assert step.pending is not None, f"nothing waits in {conversation}"
+    return step.pending
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,12 +51,13 @@ class Crashes:
     async def head(self, conversation: str, token: str) -> Pending:
         """Take the conversation's lease and wait for its first unanswered message."""
         store = self.env.stack.runtime.store
-        assert await store.acquire(conversation, token)
         async with asyncio.timeout(10):
-            while (pending := await store.peek(conversation, token)) is None:  # noqa: ASYNC110 (state in Redis)
+            while True:  # the message may still be on its way into the inbox
+                step = await store.claim(conversation, token, deadline_at=time.time() + 600, entries=[])
+                if step.pending is not None:
+                    self.pending = step.pending
+                    return step.pending
                 await asyncio.sleep(0.02)
-        self.pending = pending
-        return pending
 
     async def killed(self, conversation: str, *, before_recording_part: int) -> None:
         """An attempt that dies right after Discord took part ``before_recording_part``, before its record."""

@@ -30,7 +30,16 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from core.worker import _Driver
 from tests.conftest import RedisServer, free_port
-from tests.integration.harness import RecordingSink, RecordingSinks, Reply, ToolEndpoints, serve, stack_config, working
+from tests.integration.harness import (
+    RecordingSink,
+    RecordingSinks,
+    Reply,
+    ToolEndpoints,
+    begin,
+    serve,
+    stack_config,
+    working,
+)
 
 LEASE_TTL_S = 2.0
 FAST_RETRY = RetryPolicy(deadline_s=5.0, first_delay_s=0.05, max_delay_s=0.2)
@@ -190,8 +199,7 @@ async def test_run_started_but_never_recorded_is_found_not_started_again(cluster
         message = await cluster.send(proc, "are you there?", conversation="console:t:found")
         store, backend = proc.runtime.store, proc.runtime.backends.backends["default"]
         # What a process that died right after its run request reached the backend leaves behind:
-        assert await store.acquire(message.conversation, "dead")
-        await store.record(message, "dead", status="starting", attempts="1")
+        await begin(store, message.conversation, "dead")  # lease taken, attempt 1 recorded as starting
         thread_id = await backend.new_thread()  # type: ignore[attr-defined]
         await store.record_thread(message, "dead", "default", thread_id)
         profile = proc.runtime.config.profiles["helper"]
@@ -229,9 +237,7 @@ async def test_crash_after_the_answer_was_written_but_not_recorded(cluster: Clus
         await proc.task
         message = await cluster.send(proc, "answer me once", conversation="console:t:late")
         store = proc.runtime.store
-        assert await store.acquire(message.conversation, "dead")
-        pending = await store.peek(message.conversation, "dead")
-        assert pending is not None
+        pending = await begin(store, message.conversation, "dead")
         assert await proc.runtime.engine.answer(pending, "dead") == "answered"  # …then died before complete()
         await store.redis.delete(store.keys.lease(message.conversation))
     reply = cluster.reply(message)
@@ -266,8 +272,7 @@ async def test_a_part_posted_but_never_recorded_is_adopted_not_posted_again(clus
         message = await cluster.send(proc, "say it once", conversation="console:t:orphan")
         store = proc.runtime.store
         # A process killed right after the chat platform took its post, before the record:
-        assert await store.acquire(message.conversation, "dead")
-        await store.record(message, "dead", status="starting", attempts="1")
+        await begin(store, message.conversation, "dead")  # lease taken, attempt 1 recorded as starting
         sink = await cluster.sinks.open(message=message, existing_refs={})
         orphan = await sink.post("[emulator] You")
         await store.redis.delete(store.keys.lease(message.conversation))
@@ -308,7 +313,7 @@ async def test_a_message_that_keeps_killing_processes_gets_a_clear_error_and_its
         message = await cluster.send(proc, "poison !slow=20", conversation="console:t:poison")
         store, backend = proc.runtime.store, proc.runtime.backends.backends["default"]
         # What MAX_ATTEMPTS interrupted attempts leave behind (two hand-backs do not count):
-        assert await store.acquire(message.conversation, "dead")
+        await begin(store, message.conversation, "dead")
         thread_id = await backend.new_thread()  # type: ignore[attr-defined]
         await store.record_thread(message, "dead", "default", thread_id)
         profile = proc.runtime.config.profiles["helper"]

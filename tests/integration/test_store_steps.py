@@ -45,7 +45,7 @@ async def test_claim_begins_the_head_and_finish_begins_the_next(store: Store) ->
 
     step = await store.claim(CONV, "tok", deadline_at=deadline, entries=entries)
     assert step.leased and step.pending is not None and step.waiting == 2
-    assert step.pending.message.id == first.id and step.pending.begun
+    assert step.pending.message.id == first.id
     assert step.pending.status == "queued"  # as recorded before this attempt
     assert step.pending.record["status"] == "starting" and step.pending.record["attempts"] == "1"
     assert float(step.pending.record["deadline_at"]) == pytest.approx(deadline, abs=0.01)
@@ -87,7 +87,7 @@ async def test_a_second_attempt_sees_what_the_first_recorded(store: Store) -> No
 async def test_claim_of_a_busy_lease_changes_nothing(store: Store) -> None:
     first = message(1)
     await store.accept(first)
-    assert await store.acquire(CONV, "other")
+    await store.redis.set(store.keys.lease(CONV), "other", px=10_000)
     step = await store.claim(CONV, "tok", deadline_at=time.time() + 60, entries=await signals(store))
     assert not step.leased and step.pending is None
     assert await store.redis.get(store.keys.lease(CONV)) == "other"
@@ -99,9 +99,9 @@ async def test_claim_of_an_empty_inbox_releases_at_once_and_acks_the_signals(sto
     first = message(1)
     await store.accept(first)
     entries = await signals(store)
-    assert await store.acquire(CONV, "earlier")
-    await store.complete(CONV, "earlier", first.id, status="answered")  # answered by an earlier holder
-    await store.release(CONV, "earlier")
+    await store.claim(CONV, "earlier", deadline_at=time.time() + 60, entries=[])  # answered by an earlier holder
+    assert (await store.finish(CONV, "earlier", first.id, status="answered", deadline_at=time.time() + 60,
+                               entries=[])).released
     step = await store.claim(CONV, "tok", deadline_at=time.time() + 60, entries=entries)
     assert step.leased and step.released and step.pending is None
     assert await store.redis.get(store.keys.lease(CONV)) is None
