@@ -230,9 +230,13 @@ class Unanswered(AssertionError):
 
 
 async def inject_faults(*, fleet: Fleet, redis: RedisServer, emulator: AssistantsEmulator, plan: Plan,
-                        faults: Faults, stop: asyncio.Event) -> None:
+                        faults: Faults, stop: asyncio.Event, talking: Callable[[], int]) -> None:
+    """A fault every ``fault_every_s`` (± 50 %) while the load lasts. Once fewer than a tenth of the
+    conversations still talk, no more: the last stragglers would otherwise take every fault meant
+    for the whole fleet (a 429 burst of six requests all landing on one answer's retries)."""
     upcoming: list[str] = []
-    while not stop.is_set() and len(faults.events) < plan.max_faults:
+    tail = max(2, plan.conversations // 10)
+    while not stop.is_set() and len(faults.events) < plan.max_faults and talking() >= tail:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), random.uniform(plan.fault_every_s * 0.5, plan.fault_every_s * 1.5))
             return

@@ -134,10 +134,18 @@ async def _run_load(fleet: Fleet, slack: RecordingSlack, emulator: AssistantsEmu
     sender = Sender(fleet, slack, plan, faults)
     await sender.warm_up()
     stop = asyncio.Event()
+    talking = [len(conversations)]
+
+    async def converse(conversation: Conversation, index: int) -> None:
+        try:
+            await _stagger(sender, conversation, index)
+        finally:
+            talking[0] -= 1
+
     injector = asyncio.create_task(inject_faults(fleet=fleet, redis=redis, emulator=emulator, plan=plan,
-                                                 faults=faults, stop=stop))
+                                                 faults=faults, stop=stop, talking=lambda: talking[0]))
     try:
-        await asyncio.gather(*(_stagger(sender, c, i) for i, c in enumerate(conversations)))
+        await asyncio.gather(*(converse(c, i) for i, c in enumerate(conversations)))
         await sender.duplicates_done()
     finally:
         stop.set()
