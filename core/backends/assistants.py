@@ -29,14 +29,13 @@ from openai.types.beta.threads import Run
 from redis.exceptions import RedisError
 
 from core.backends.catalog import AssistantCatalog
-from core.backends.errors import STREAM_ERRORS, translate
+from core.backends.errors import STREAM_ERRORS, ended, translate
 from core.backends.sse import Event, EventStream
 from core.errors import (
     BackendBadRequest,
     BackendError,
     BackendTimeout,
     BackendUnavailable,
-    RunEnded,
     StoreUnavailable,
 )
 from core.models import RunCompleted, RunEvent, RunRef, RunStarted, TextDelta, ToolCall, ToolCallsRequired, ToolOutput
@@ -148,7 +147,7 @@ class AssistantsBackend:
         elif found.status == "completed":
             yield RunCompleted(run=self._ref(data, run.assistant_id), usage=data.get("usage"))
         else:
-            raise _run_ended(str(found.status), data)
+            raise ended(str(found.status), data, error_field="last_error")
 
     async def submit_tool_outputs(self, *, run: RunRef, outputs: list[ToolOutput]) -> AsyncIterator[RunEvent]:
         opener = self.client.beta.threads.runs.with_streaming_response.submit_tool_outputs(
@@ -237,7 +236,7 @@ class AssistantsBackend:
         if name == "thread.run.completed":
             return [RunCompleted(run=self._ref(data, assistant_id), usage=data.get("usage"))]
         if name in _TERMINAL_FAILURES:
-            raise _run_ended(_TERMINAL_FAILURES[name], data)
+            raise ended(_TERMINAL_FAILURES[name], data, error_field="last_error")
         if name == "error":
             error = data["error"] if isinstance(data.get("error"), dict) else data
             raise BackendError(f"backend stream error: {error.get('message')}", code=error.get("code"))
@@ -267,11 +266,3 @@ def _delta_texts(delta_event: Mapping[str, Any]) -> list[str]:
     blocks = (delta_event.get("delta") or {}).get("content") or []
     return [value for block in blocks if block.get("type") == "text"
             and (value := (block.get("text") or {}).get("value"))]
-
-
-def _run_ended(status: str, run: Mapping[str, Any]) -> RunEnded:
-    if last_error := run.get("last_error"):
-        return RunEnded(status, code=last_error.get("code"), detail=last_error.get("message"))
-    if incomplete := run.get("incomplete_details"):
-        return RunEnded(status, code=incomplete.get("reason"))
-    return RunEnded(status)

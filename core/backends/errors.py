@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import httpx2
 import openai
 
@@ -13,6 +16,7 @@ from core.errors import (
     BackendRateLimited,
     BackendTimeout,
     BackendUnavailable,
+    RunEnded,
 )
 
 # A dropped stream surfaces as httpx2's own error inside the SDK's streaming code, and as
@@ -55,3 +59,13 @@ def _translate_status(exc: openai.APIStatusError) -> BackendError:
     if status >= 500:
         return BackendUnavailable(detail, status=status, code=code)
     return BackendError(detail, status=status, code=code)
+
+
+def ended(status: str, obj: Mapping[str, Any], *, error_field: str) -> RunEnded:
+    """``RunEnded`` for a run or response that ended without completing: its error (``last_error``
+    on a run, ``error`` on a response) or its ``incomplete_details`` as code and detail."""
+    if error := obj.get(error_field):
+        return RunEnded(status, code=error.get("code"), detail=error.get("message"))
+    if incomplete := obj.get("incomplete_details"):
+        return RunEnded(status, code=incomplete.get("reason"))
+    return RunEnded(status)

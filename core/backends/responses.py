@@ -35,7 +35,7 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.responses import Response
 
-from core.backends.errors import STREAM_ERRORS, translate
+from core.backends.errors import STREAM_ERRORS, ended, translate
 from core.backends.responses_history import ReplayHistory
 from core.backends.responses_request import (
     Item,
@@ -175,7 +175,7 @@ class ResponsesBackend:
             yield TextDelta(text=text)
         if found.status != "completed":
             self._forget(answer)
-            raise _ended(str(found.status), response)
+            raise ended(str(found.status), response, error_field="error")
         yield await self._finish(answer, response)
 
     async def _begin(self, turn: Turn) -> _Answer:
@@ -318,15 +318,7 @@ def _ended_by(event: Event) -> BackendError | RunEnded:
             return BackendError(f"backend error: {error.get('message')}", code=error.get("code"))
         return RunEnded("failed", code=data.get("code"), detail=data.get("message"))
     response = event.data.get("response") or {}
-    return _ended(str(response.get("status") or event.name.removeprefix("response.")), response)
-
-
-def _ended(status: str, response: Mapping[str, Any]) -> RunEnded:
-    if error := response.get("error"):
-        return RunEnded(status, code=error.get("code"), detail=error.get("message"))
-    if incomplete := response.get("incomplete_details"):
-        return RunEnded(status, code=incomplete.get("reason"))
-    return RunEnded(status)
+    return ended(str(response.get("status") or event.name.removeprefix("response.")), response, error_field="error")
 
 
 def _translate(exc: BaseException) -> BackendError:
