@@ -167,13 +167,9 @@ class Engine:
                 record = self._persist(held, lambda: self.store.record_run(message, token, run, refs=json.dumps(refs)))
             await despite_cancel(record)
 
-        async def keep_interrupted(ref: str) -> None:
-            # Parts are posted in order, so a post the writer never saw finish is the next part.
-            await on_posted(len(refs), ref)
-
         if refs != pending.reply_refs:  # adopted parts: recorded at once, should this attempt die too
             await self._persist(held, lambda: self.store.record(message, token, refs=json.dumps(refs)))
-        fenced = FencedSink(sink, held=held, conversation=message.conversation, keep_interrupted=keep_interrupted)
+        fenced = FencedSink(sink, held=held, conversation=message.conversation, keep_interrupted=on_posted)
         writer = ReplyWriter(fenced, on_posted=on_posted, existing_refs=refs)
         loop_deadline = asyncio.get_running_loop().time() + (deadline_at - time.time())
         state = _RunState(message=message, token=token, writer=writer, sink=sink, fenced=fenced,

@@ -109,7 +109,9 @@ class ReplySink(Protocol):
     async def working(self) -> None:
         """Show that the assistant is working (status, reaction, typing)."""
 
-    async def post(self, text: str) -> str: ...
+    async def post(self, text: str, *, part: int) -> str:
+        """Start message ``part`` (0, 1, … in the answer; the same number on every attempt)."""
+        ...
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None: ...
 

@@ -107,9 +107,9 @@ class FencedSink:
 
     def __init__(
         self, sink: ReplySink, *, held: LeaseClock | None, conversation: str,
-        keep_interrupted: Callable[[str], Awaitable[None]] | None = None,
+        keep_interrupted: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
-        """``keep_interrupted(ref)`` records a message whose post finished after a cancellation."""
+        """``keep_interrupted(part, ref)`` records a message whose post finished after a cancellation."""
         self._sink = sink
         self._held = held
         self._conversation = conversation
@@ -120,9 +120,11 @@ class FencedSink:
     async def working(self) -> None:
         await self._sink.working()
 
-    async def post(self, text: str) -> str:
+    async def post(self, text: str, *, part: int) -> str:
         self._check()
-        return await despite_cancel(self._sink.post(text), on_cancel=self._keep_interrupted)
+        keep = self._keep_interrupted
+        return await despite_cancel(self._sink.post(text, part=part),
+                                    on_cancel=None if keep is None else lambda ref: keep(part, ref))
 
     async def edit(self, ref: str, text: str, *, final: bool) -> None:
         self._check()

@@ -152,7 +152,7 @@ class ReplyWriter:
         """Post or edit part ``index`` unless the sink already has it; whether the sink was called."""
         ref = self.refs.get(index)
         if ref is None:
-            ref = await self._sink.post(text)
+            ref = await self._sink.post(text, part=index)
             self.refs[index] = ref
             self._written[index] = text
             if self._on_posted is not None:

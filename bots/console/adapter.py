@@ -36,7 +36,7 @@ class ConsoleSink:
     async def working(self) -> None:
         self._write(self._dim("assistant is working…") + "\n")
 
-    async def post(self, text: str) -> str:
+    async def post(self, text: str, *, part: int) -> str:
         ref = f"part-{next(self._ids)}"
         self._printed[ref] = ""
         self._show(ref, text)

@@ -174,7 +174,6 @@ class DiscordSink:
         self._one_conversation = one_conversation
         self._typing: asyncio.Task[None] | None = None
         self._parts = {int(index): ref for index, ref in (existing_refs or {}).items()}
-        self._next_index = max(self._parts, default=-1) + 1  # posts come in order, after the recorded parts
         self._part_of = {ref: index for index, ref in self._parts.items()}  # every message ref -> its part
         self._generation: dict[int, int] = {}  # part -> the nonce generation of its latest message
         self._referenced = target.reference_id is None or any(r.startswith("message:") for r in self._parts.values())
@@ -212,10 +211,9 @@ class DiscordSink:
 
     # --- posting ------------------------------------------------------------------------------
 
-    async def post(self, text: str) -> str:
-        index, self._next_index = self._next_index, self._next_index + 1
-        ref = await self._post(to_discord(text), index)
-        self._parts[index], self._part_of[ref] = ref, index
+    async def post(self, text: str, *, part: int) -> str:
+        ref = await self._post(to_discord(text), part)
+        self._parts[part], self._part_of[ref] = ref, part
         return ref
 
     async def _post(self, content: str, index: int) -> str:
@@ -336,7 +334,7 @@ class DiscordSink:
     async def posted_parts(self) -> Mapping[int, str]:
         """``FindsPostedParts``: the part after the recorded ones, if an interrupted attempt posted it and
         Discord shows for certain that it belongs to this answer (module docstring); else nothing."""
-        index = self._next_index
+        index = max(self._parts, default=-1) + 1  # parts are posted in order: only this one can be unrecorded
         try:
             ref = await self._find_part(index)
         except _FAILURES as exc:
@@ -345,7 +343,7 @@ class DiscordSink:
             return {}
         if ref is None:
             return {}
-        self._parts[index], self._part_of[ref], self._next_index = ref, index, index + 1
+        self._parts[index], self._part_of[ref] = ref, index
         self._referenced = self._referenced or ref.startswith("message:")
         return {index: ref}
 

@@ -215,30 +215,21 @@ class SlackReplySink:
 
     # ------------------------------------------------------------------ writing
 
-    async def post(self, text: str) -> str:
-        """Start a new message of the answer; returns its ``ts`` (or an ``undelivered:`` ref)."""
+    async def post(self, text: str, *, part: int) -> str:
+        """Start message ``part`` of the answer; returns its ``ts`` (or an ``undelivered:`` ref)."""
         await self._indicated()
         if self._undelivered is not None:
             return self._undelivered
-        index = self._next_index()
         try:
             await self._close_earlier_streams()
-            part = await self._start_stream(text, index) if self._can_stream() else None
-            if part is None:
-                part = await self._post_part(text, index)
+            message = await self._start_stream(text, part) if self._can_stream() else None
+            if message is None:
+                message = await self._post_part(text, part)
         except SlackApiError as exc:
             return self._give_up(exc, "post")
-        self._parts[part.ts] = part
-        self._refs[index] = part.ts
-        return part.ts
-
-    def _next_index(self) -> int:
-        """The index core gives the part being posted: the first one it has no message for (as
-        ``core.reply.ReplyWriter`` numbers parts, known and adopted ones included)."""
-        index = 0
-        while index in self._refs:
-            index += 1
-        return index
+        self._parts[message.ts] = message
+        self._refs[part] = message.ts
+        return message.ts
 
     def _tag(self, part: _Part, piece: int = 0) -> dict[str, Any] | None:
         return None if part.index is None else tag(self._message_id, part.index, piece)

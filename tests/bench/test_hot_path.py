@@ -92,7 +92,7 @@ async def test_working_returns_before_slack_answers_and_the_status_still_comes_f
     sink = await factory.open(message=message("slack:T:C1:4"), existing_refs={})
     await sink.working()
     assert emu.methods() == []  # nothing sent yet: the caller goes on (to the backend) at once
-    ref = await sink.post("Hello")
+    ref = await sink.post("Hello", part=0)
     await sink.edit(ref, "Hello there", final=True)
     await sink.done()
     assert emu.methods() == ["assistant.threads.setStatus", "chat.startStream", "chat.stopStream"]

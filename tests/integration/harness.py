@@ -69,7 +69,7 @@ class RecordingSink:
     async def working(self) -> None:
         self.reply.working += 1
 
-    async def post(self, text: str) -> str:
+    async def post(self, text: str, *, part: int) -> str:
         ref = f"{self.prefix}-{self.reply.posts}"
         self.reply.posts += 1
         self.reply.parts[ref] = text

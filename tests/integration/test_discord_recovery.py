@@ -223,8 +223,8 @@ def channel_sink(client: discord.Client, channel: str, message_id: str = "m1", *
 
 async def test_each_part_and_each_answer_has_its_own_nonce(emu: DiscordEmulator, client: discord.Client) -> None:
     first = channel_sink(client, emu.channel_id, "m1")
-    refs = [await first.post("one"), await first.post("two")]
-    refs.append(await channel_sink(client, emu.channel_id, "m2").post("three"))
+    refs = [await first.post("one", part=0), await first.post("two", part=1)]
+    refs.append(await channel_sink(client, emu.channel_id, "m2").post("three", part=0))
     assert [m.content for m in emu.bot_messages(emu.channel_id)] == ["one", "two", "three"]
     assert len(set(refs)) == 3
     nonces = [call.json["nonce"] for call in creates(emu, emu.channel_id)]
@@ -234,8 +234,8 @@ async def test_each_part_and_each_answer_has_its_own_nonce(emu: DiscordEmulator,
 
 async def test_the_same_part_posted_again_is_one_message_with_the_new_text(emu: DiscordEmulator,
                                                                           client: discord.Client) -> None:
-    dead = await channel_sink(client, emu.channel_id).post("first words")
-    again = await channel_sink(client, emu.channel_id).post("first words and more")
+    dead = await channel_sink(client, emu.channel_id).post("first words", part=0)
+    again = await channel_sink(client, emu.channel_id).post("first words and more", part=0)
     [message] = emu.bot_messages(emu.channel_id)
     assert dead == again == f"message:{message.id}"
     assert message.history == ["first words", "first words and more"]
@@ -243,10 +243,10 @@ async def test_the_same_part_posted_again_is_one_message_with_the_new_text(emu: 
 
 async def test_a_part_deleted_in_the_window_is_posted_under_its_next_nonce(emu: DiscordEmulator,
                                                                          client: discord.Client) -> None:
-    dead = await channel_sink(client, emu.channel_id).post("first words")
+    dead = await channel_sink(client, emu.channel_id).post("first words", part=0)
     del emu.messages[dead.split(":")[1]]  # someone deleted it
     sink = channel_sink(client, emu.channel_id)
-    ref = await sink.post("first words again")
+    ref = await sink.post("first words again", part=0)
     [message] = emu.bot_messages(emu.channel_id)
     assert ref == f"message:{message.id}" != dead and message.content == "first words again"
     assert [c.status for c in creates(emu, emu.channel_id)] == [200, 404, 200]
@@ -255,20 +255,20 @@ async def test_a_part_deleted_in_the_window_is_posted_under_its_next_nonce(emu: 
 
 async def test_a_later_part_is_not_guessed_where_answers_interleave(emu: DiscordEmulator,
                                                                      client: discord.Client) -> None:
-    recorded = await channel_sink(client, emu.channel_id, "mine").post("part one")
-    await channel_sink(client, emu.channel_id, "bob's").post("bob's answer")  # scope: user
+    recorded = await channel_sink(client, emu.channel_id, "mine").post("part one", part=0)
+    await channel_sink(client, emu.channel_id, "bob's").post("bob's answer", part=0)  # scope: user
     shared = channel_sink(client, emu.channel_id, "mine", refs={"0": recorded}, one_conversation=False)
     assert await shared.posted_parts() == {}
 
 
 async def test_a_later_part_is_the_next_plain_message_in_a_conversation_of_its_own(emu: DiscordEmulator,
                                                                                    client: discord.Client) -> None:
-    recorded = await channel_sink(client, emu.channel_id).post("part one")
+    recorded = await channel_sink(client, emu.channel_id).post("part one", part=0)
     await emu.user_message("someone talks meanwhile", deliver=False)
-    orphan = await channel_sink(client, emu.channel_id, refs={"0": recorded}).post("part two")
+    orphan = await channel_sink(client, emu.channel_id, refs={"0": recorded}).post("part two", part=1)
     sink = channel_sink(client, emu.channel_id, refs={"0": recorded})
     assert await sink.posted_parts() == {1: orphan}
-    third = await sink.post("part three")
+    third = await sink.post("part three", part=2)
     await sink.edit(orphan, "part two, final", final=True)
     assert [m.content for m in emu.bot_messages(emu.channel_id)] == ["part one", "part two, final", "part three"]
     assert creates(emu, emu.channel_id)[-1].json["nonce"] == part_nonce("m1", 2, 0) and third != orphan
@@ -278,10 +278,10 @@ async def test_part_zero_is_only_ever_the_reply_to_this_question(emu: DiscordEmu
                                                                 client: discord.Client) -> None:
     asked = int(await emu.user_message("question", mention_bot=True, deliver=False))
     other = int(await emu.user_message("another question", mention_bot=True, deliver=False))
-    await channel_sink(client, emu.channel_id, "other", reference_id=other).post("the other answer")
+    await channel_sink(client, emu.channel_id, "other", reference_id=other).post("the other answer", part=0)
     sink = channel_sink(client, emu.channel_id, one_conversation=False, reference_id=asked)
     assert await sink.posted_parts() == {}
-    mine = await channel_sink(client, emu.channel_id, reference_id=asked).post("this answer")
+    mine = await channel_sink(client, emu.channel_id, reference_id=asked).post("this answer", part=0)
     found = channel_sink(client, emu.channel_id, one_conversation=False, reference_id=asked)
     assert await found.posted_parts() == {0: mine}
 

@@ -45,7 +45,7 @@ async def test_first_part_replies_to_the_person_then_parts_follow(emu: DiscordEm
                                                                   client: discord.Client) -> None:
     asked = await emu.user_message("question", mention_bot=True, deliver=False)
     sink = channel_sink(client, emu.channel_id, reference_id=int(asked))
-    first, second = await sink.post("part one"), await sink.post("part two @everyone")
+    first, second = await sink.post("part one", part=0), await sink.post("part two @everyone", part=1)
     await sink.edit(first, "part one, final", final=True)
     one, two = emu.bot_messages(emu.channel_id)
     assert (first, second) == (f"message:{one.id}", f"message:{two.id}")
@@ -69,7 +69,7 @@ async def test_typing_repeats_while_working_and_stops_at_done(emu: DiscordEmulat
 async def test_a_deleted_message_is_replaced_and_later_edits_follow_it(emu: DiscordEmulator,
                                                                        client: discord.Client) -> None:
     sink = channel_sink(client, emu.channel_id)
-    ref = await sink.post("growing")
+    ref = await sink.post("growing", part=0)
     del emu.messages[ref.split(":")[1]]
     await sink.edit(ref, "growing more", final=False)
     await sink.edit(ref, "grown", final=True)
@@ -80,21 +80,21 @@ async def test_a_deleted_message_is_replaced_and_later_edits_follow_it(emu: Disc
 async def test_missing_permissions_drop_the_part_without_raising(emu: DiscordEmulator,
                                                                  client: discord.Client) -> None:
     sink = channel_sink(client, emu.channel_id)
-    ref = await sink.post("hello")
+    ref = await sink.post("hello", part=0)
     emu.missing_permissions("PATCH", r"/messages/\d+$")
     await sink.edit(ref, "hello again", final=False)
     calls = len(emu.calls)
     await sink.edit(ref, "hello, final", final=True)
     assert len(emu.calls) == calls  # the part is given up: no more calls for it
     emu.missing_permissions("POST", r"/messages$")
-    assert (await sink.post("more")).startswith("lost:SB-")
+    assert (await sink.post("more", part=1)).startswith("lost:SB-")
 
 
 async def test_a_failed_final_edit_is_tried_once_more(emu: DiscordEmulator, client: discord.Client,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sink_module, "FINAL_RETRY_DELAY_S", 0.01)
     sink = channel_sink(client, emu.channel_id)
-    ref = await sink.post("almost")
+    ref = await sink.post("almost", part=0)
     emu.inject("PATCH", r"/messages/\d+$", status=400, code=50035, message="Invalid Form Body")
     await sink.edit(ref, "done", final=True)
     assert emu.bot_messages(emu.channel_id)[0].content == "done"
@@ -106,7 +106,7 @@ async def test_an_interaction_is_answered_in_its_response_then_follow_ups(emu: D
     interaction = await _deferred(emu, client, dm)
     hook = InteractionWebhook(client.http, application_id=int(emu.app_id), token=interaction.token)
     sink = DiscordSink(client, ReplyTarget(channel_id=int(dm)), hook=hook, original_free=True, message_id="m1")
-    first, second = await sink.post("one"), await sink.post("two")
+    first, second = await sink.post("one", part=0), await sink.post("two", part=1)
     await sink.edit(first, "one, final", final=True)
     await sink.edit(second, "two, final", final=True)
     assert first == "original" and second.startswith("followup:")
@@ -122,12 +122,12 @@ async def test_factory_keeps_the_interaction_only_if_its_token_outlives_the_run(
     target = ReplyTarget(channel_id=int(dm), application_id=int(emu.app_id), token=interaction.token,
                          token_expires_at=time.time() + 900)
     fresh = await factory.open(message=_inbound(target), existing_refs={})
-    assert await fresh.post("in the response") == "original"
+    assert await fresh.post("in the response", part=0) == "original"
 
     late = ReplyTarget(channel_id=int(dm), application_id=int(emu.app_id), token=interaction.token,
                        token_expires_at=time.time() + 300)
     stale = await factory.open(message=_inbound(late), existing_refs={})
-    assert (await stale.post("in the channel")).startswith("message:")
+    assert (await stale.post("in the channel", part=0)).startswith("message:")
     assert emu.messages[interaction.original_id or ""].content == "The answer follows below."
 
 

@@ -274,7 +274,7 @@ async def test_a_part_posted_but_never_recorded_is_adopted_not_posted_again(clus
         # A process killed right after the chat platform took its post, before the record:
         await begin(store, message.conversation, "dead")  # lease taken, attempt 1 recorded as starting
         sink = await cluster.sinks.open(message=message, existing_refs={})
-        orphan = await sink.post("[emulator] You")
+        orphan = await sink.post("[emulator] You", part=0)
         await store.redis.delete(store.keys.lease(message.conversation))
     async with cluster.process() as second:
         reply = await cluster.answered(message)
@@ -394,12 +394,12 @@ async def test_fenced_sink_refuses_once_the_lease_is_not_certain() -> None:
                              place=Place(platform="console", channel="c", user="u"))
     held = [True]
     sink = FencedSink(await sinks.open(message=message, existing_refs={}), held=lambda: held[0], conversation="c")
-    ref = await sink.post("one")
+    ref = await sink.post("one", part=0)
     held[0] = False
     with pytest.raises(LeaseLost):
         await sink.edit(ref, "two", final=True)
     with pytest.raises(LeaseLost):
-        await sink.post("three")
+        await sink.post("three", part=1)
     assert sinks.reply(message.id).parts == {ref: "one"}
 
 

@@ -85,7 +85,7 @@ async def resume(factory: SlackSinkFactory, message: InboundMessage, text: str,
 async def test_a_stream_started_and_never_recorded_is_claimed_and_finished(
         emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     message = person_says(emu, "tell me")
-    stray = await (await factory.open(message=message, existing_refs={})).post("The answer beg")
+    stray = await (await factory.open(message=message, existing_refs={})).post("The answer beg", part=0)
     assert emu.messages[stray].streaming and emu.messages[stray].metadata is None  # startStream takes none
     answer = "The answer begins here and ends there."
     refs = await resume(factory, message, answer)
@@ -125,7 +125,7 @@ async def test_a_posted_part_and_its_resplit_continuations_are_found_in_a_dm(
     message = person_says(emu, "a long one in a DM", channel="D7")
     paragraphs = [f"Paragraph {i}: " + "word " * 60 for i in range(10)]
     crashed = await factory.open(message=message, existing_refs={})
-    first = await crashed.post("\n\n".join(paragraphs[:6]))  # part 0, and continuations of it
+    first = await crashed.post("\n\n".join(paragraphs[:6]), part=0)  # part 0, and continuations of it
     before = emu.bot_messages("D7")
     assert len(before) >= 2 and all(m.metadata["event_payload"]["part"] == 0 for m in before)
     assert [m.metadata["event_payload"]["piece"] for m in before] == list(range(len(before)))
@@ -173,7 +173,7 @@ async def test_an_attempt_that_posted_nothing_finds_nothing(
 async def test_history_that_cannot_be_read_leaves_the_answer_as_before(
         emu: SlackEmulator, factory: SlackSinkFactory, caplog: pytest.LogCaptureFixture) -> None:
     message = person_says(emu, "tell me")
-    stray = await (await factory.open(message=message, existing_refs={})).post("The ans")
+    stray = await (await factory.open(message=message, existing_refs={})).post("The ans", part=0)
     emu.fail_next("conversations.replies", "internal_error")
     with caplog.at_level(logging.WARNING, logger="bots.slack.sink"):
         refs = await resume(factory, message, "The answer.")
@@ -185,7 +185,7 @@ async def test_history_that_cannot_be_read_leaves_the_answer_as_before(
 
 async def test_a_rate_limited_history_read_is_waited_out(emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     message = person_says(emu, "tell me")
-    stray = await (await factory.open(message=message, existing_refs={})).post("The ans")
+    stray = await (await factory.open(message=message, existing_refs={})).post("The ans", part=0)
     emu.rate_limit("conversations.replies", retry_after_s=1)
     assert await resume(factory, message, "The answer.") == {0: stray}
     assert [m.text for m in emu.bot_messages(C)] == ["The answer."]
@@ -212,8 +212,8 @@ class FreezingSinks:
         sink = await self.inner.open(message=message, existing_refs=existing_refs)
         post = sink.post
 
-        async def frozen(text: str) -> str:
-            ref = await post(text)
+        async def frozen(text: str, *, part: int) -> str:
+            ref = await post(text, part=part)
             self.posted.set()
             await asyncio.Event().wait()
             return ref

@@ -39,7 +39,7 @@ async def open_sink(factory: SlackSinkFactory, **kwargs: str | None) -> SlackRep
 async def write(sink: SlackReplySink, *texts: str) -> str:
     """working, post the first text, edit with the others (the last one final), done."""
     await sink.working()
-    ref = await sink.post(texts[0])
+    ref = await sink.post(texts[0], part=0)
     for i, text in enumerate(texts[1:], start=2):
         await sink.edit(ref, text, final=i == len(texts))
     await sink.done()
@@ -66,7 +66,7 @@ async def test_status_shows_until_the_answer_is_posted(emu: SlackEmulator, facto
     await sink.working()
     await asyncio.gather(*factory.indicators)
     assert emu.status_shown("C1", THREAD) == "is thinking…"
-    await sink.post("posted")
+    await sink.post("posted", part=0)
     assert emu.status_shown("C1", THREAD) == ""
     await sink.done()
     assert [s for *_, s in emu.statuses] == ["is thinking…"]
@@ -74,7 +74,7 @@ async def test_status_shows_until_the_answer_is_posted(emu: SlackEmulator, facto
 
 async def test_status_is_cleared_by_done_when_nothing_was_posted(
         emu: SlackEmulator, factory: SlackSinkFactory) -> None:
-    ref = await (await open_sink(factory)).post("before the crash")
+    ref = await (await open_sink(factory)).post("before the crash", part=0)
     resumed = await factory.open(message=message(), existing_refs={"0": ref})
     await resumed.working()
     await resumed.edit(ref, "before the crash, and after", final=True)  # edits only: no reply cleared it
@@ -98,7 +98,7 @@ async def test_refused_streaming_falls_back_to_post_and_update_and_is_remembered
 
 async def test_expired_stream_continues_with_updates(emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     sink = await open_sink(factory)
-    ref = await sink.post("part one")
+    ref = await sink.post("part one", part=0)
     emu.expire_stream(ref)
     await sink.edit(ref, "part one, part two", final=False)
     await sink.edit(ref, "part one, part two, end", final=True)
@@ -113,7 +113,7 @@ async def test_old_stream_is_stopped_before_slack_ends_it(
         emu: SlackEmulator, factory: SlackSinkFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sink_module, "STREAM_MAX_AGE_S", 0.0)
     sink = await open_sink(factory)
-    ref = await sink.post("early")
+    ref = await sink.post("early", part=0)
     await sink.edit(ref, "early and late", final=True)
     assert [c.method for c in emu.calls_to("chat.stopStream", "chat.update", "chat.appendStream")] == [
         "chat.stopStream", "chat.update"]
@@ -124,7 +124,7 @@ async def test_rate_limited_update_waits_retry_after_and_finishes(
         emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     emu.refuse_streaming_in = {"C"}
     sink = await open_sink(factory)
-    ref = await sink.post("first")
+    ref = await sink.post("first", part=0)
     emu.rate_limit("chat.update", retry_after_s=1)
     started = time.monotonic()
     await sink.edit(ref, "first and final", final=True)
@@ -139,7 +139,7 @@ async def test_msg_too_long_resplits_the_part_into_thread_replies(
     emu.max_text_chars = 1_000
     sink = await open_sink(factory, channel="D7", thread_ts=None, message_ts="1700000000.000300")
     paragraphs = [f"Paragraph {i}: " + "word " * 60 for i in range(12)]
-    ref = await sink.post("\n\n".join(paragraphs[:5]))
+    ref = await sink.post("\n\n".join(paragraphs[:5]), part=0)
     await sink.edit(ref, "\n\n".join(paragraphs), final=True)
     await sink.done()
     shown = emu.bot_messages("D7")
@@ -184,7 +184,7 @@ async def test_top_level_dm_posts_without_thread_and_reacts(emu: SlackEmulator, 
 
 async def test_recovered_part_stream_is_closed_then_edited(emu: SlackEmulator, factory: SlackSinkFactory) -> None:
     crashed = await open_sink(factory)
-    ref = await crashed.post("before the crash")
+    ref = await crashed.post("before the crash", part=0)
     resumed = await factory.open(message=message(), existing_refs={"0": ref})
     await resumed.edit(ref, "before the crash, and after", final=True)
     assert [c.method for c in emu.calls][-2:] == ["chat.stopStream", "chat.update"]
@@ -195,7 +195,7 @@ async def test_channel_lost_mid_answer_stops_writing_without_raising(
         emu: SlackEmulator, factory: SlackSinkFactory, caplog: pytest.LogCaptureFixture) -> None:
     emu.refuse_streaming_in = {"C"}
     sink = await open_sink(factory)
-    ref = await sink.post("started")
+    ref = await sink.post("started", part=0)
     emu.not_in_channel.add("C1")  # the bot was removed from the channel meanwhile
     with caplog.at_level(logging.WARNING, logger="bots.slack.sink"):
         await sink.edit(ref, "started, more", final=False)

@@ -41,7 +41,7 @@ class FakeSink:
     async def working(self) -> None:
         self.calls.append(("working",))
 
-    async def post(self, text: str) -> str:
+    async def post(self, text: str, *, part: int) -> str:
         self._maybe_fail()
         assert 0 < len(text) <= self.limit_chars
         self.posted += 1
